@@ -1,0 +1,34 @@
+# Two commands from a fresh clone:
+#   make book   build the static site into _build/html (executes every notebook)
+#   make test   unit tests, every notebook under nbmake, and the book with warnings as errors
+# Both create the virtual environment .venv by themselves.
+#
+# torch: TORCH_SPEC pins the version installed into .venv. On a CPU-only Linux machine
+# add TORCH_INDEX=https://download.pytorch.org/whl/cpu to avoid PyPI's multi-GB CUDA build.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.installed
+TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+
+.PHONY: book test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_FLAGS) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -r requirements-dev.txt -e .
+	touch $@
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --warningiserror --nitpicky --keep-going
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf _build

@@ -1,0 +1,116 @@
+"""Command line: ``python -m parcourse train --strategy ... --workers K ...``.
+
+Runs standalone (it starts its own workers) and unchanged under
+``torchrun --standalone --nproc-per-node K -m parcourse train ...``, where torchrun
+starts the workers and ``--workers`` defaults to its ``WORLD_SIZE``. Only rank 0 prints
+and saves. Invalid options exit with code 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import launch
+from .train import DATASETS, OPTIMIZERS, STRATEGIES, ConfigError, TrainConfig, train
+from .models import MODELS
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        _fail(f"{self.prog}: error: {message} (see --help)")
+
+
+def _fail(message: str):
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr)
+    sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    parser = _Parser(prog="python -m parcourse",
+                     description="Companion code of 'Parallel Computing in AI: from CPU to GPU'.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = commands.add_parser(
+        "train", help="train a model with a parallel strategy",
+        description="Train the book's models with a parallel strategy. --batch-size is the "
+                    "global batch: K workers get --batch-size / K samples each per step, so "
+                    "every strategy computes the same thing as --strategy single.")
+    t.add_argument("--strategy", default=defaults.strategy, metavar="NAME",
+                   help=f"how to parallelise: {', '.join(STRATEGIES)} (default: %(default)s)")
+    t.add_argument("--model", default=defaults.model, metavar="NAME",
+                   help=f"{', '.join(MODELS)} (default: %(default)s)")
+    t.add_argument("--dataset", default=defaults.dataset, metavar="NAME",
+                   help=f"{', '.join(DATASETS)}; digits works offline (default: %(default)s)")
+    t.add_argument("--steps", type=int, default=defaults.steps,
+                   help="optimizer steps (default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="B",
+                   help="global batch size, split over the workers (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=defaults.lr,
+                   help="learning rate (default: %(default)s)")
+    t.add_argument("--optimizer", default=defaults.optimizer, metavar="NAME",
+                   help=f"{', '.join(OPTIMIZERS)} (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=defaults.seed,
+                   help="seed of the initial weights and of the batch order (default: %(default)s)")
+    t.add_argument("--workers", type=int, default=None, metavar="K",
+                   help="number of workers (default: 1, or WORLD_SIZE under torchrun)")
+    t.add_argument("--backend", default=defaults.backend, metavar="NAME",
+                   help=f"{', '.join(launch.BACKENDS)}: auto takes nccl with one GPU per "
+                        f"worker, else gloo on CPU (default: %(default)s)")
+    t.add_argument("--timeout", type=float, default=defaults.timeout, metavar="SECONDS",
+                   help="stop the workers if they have not finished by then (default: %(default)s)")
+    t.add_argument("--save", metavar="FILE",
+                   help="save the final state_dict (plain key names) with torch.save")
+    t.add_argument("--metrics", metavar="FILE",
+                   help="write the per-step losses and timings as JSON")
+    t.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    return parser
+
+
+def train_command(args: argparse.Namespace) -> int:
+    workers = args.workers
+    if workers is None:
+        workers = int(os.environ["WORLD_SIZE"]) if launch.under_torchrun() else 1
+    config = TrainConfig(strategy=args.strategy, model=args.model, dataset=args.dataset,
+                         steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         optimizer=args.optimizer, seed=args.seed, workers=workers,
+                         backend=args.backend, timeout=args.timeout, quiet=args.quiet)
+    if launch.under_torchrun() and config.strategy == "single" and int(os.environ["WORLD_SIZE"]) > 1:
+        _fail(f"python -m parcourse train: error: --strategy single runs on one worker, but "
+              f"torchrun started {os.environ['WORLD_SIZE']}: use --strategy ddp")
+    try:
+        result = train(config)
+    except ConfigError as err:
+        _fail(f"python -m parcourse train: error: {err}")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if args.save:
+        import torch
+
+        torch.save(result.state_dict, args.save)
+    if args.metrics:
+        with open(args.metrics, "w") as f:
+            json.dump({"losses": result.losses, "seconds": result.seconds,
+                       "samples_per_second": result.samples_per_second,
+                       "test_accuracy": result.test_accuracy,
+                       "config": vars(config)}, f, indent=1)
+    if not config.quiet:
+        print(f"{config.strategy} on {config.workers} worker{'s' if config.workers > 1 else ''}: "
+              f"final loss {result.losses[-1]:.4f}, test accuracy {result.test_accuracy:.1%}, "
+              f"{result.samples_per_second:,.0f} samples/s"
+              + (f"; parameters saved to {args.save}" if args.save else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"train": train_command}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

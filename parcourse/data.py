@@ -1,0 +1,151 @@
+"""Offline data for every chapter, and the deterministic batch stream (chapters 3–5).
+
+``load_dataset("digits")`` uses scikit-learn's handwritten digits (1,797 images of
+8×8 pixels, shipped inside the scikit-learn package, so it works without a network),
+upsampled to 28×28 so that it feeds the 784-input ``SimpleModel`` exactly like MNIST.
+``load_dataset("mnist")`` downloads the real MNIST where the network allows.
+
+Images are float32 tensors of shape (N, 1, 28, 28) with values in [0, 1]; labels are
+int64. The train/test split is a fixed function of ``seed``.
+
+The batch stream is what makes parallel runs comparable with a single-device run:
+step ``s`` always trains on the same ``batch_size`` global indices, whatever the number
+of workers, and worker ``k`` of ``K`` takes the ``k``-th contiguous slice of them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import urllib.request
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte.gz",
+    "train_y": "train-labels-idx1-ubyte.gz",
+    "test_x": "t10k-images-idx3-ubyte.gz",
+    "test_y": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test split of 1×28×28 images with integer labels."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, train={len(self.train_y)}, "
+                f"test={len(self.test_y)}, image={tuple(self.train_x.shape[1:])})")
+
+
+def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int = 0,
+                 root: str | os.PathLike | None = None) -> Dataset:
+    """Load ``"digits"`` (offline) or ``"mnist"`` (downloaded once into ``root``)."""
+    if name == "digits":
+        return _load_digits(test_fraction, seed)
+    if name == "mnist":
+        return _load_mnist(Path(root) if root else _default_root() / "mnist")
+    raise ValueError(f"unknown dataset {name!r}: choose 'digits' (offline) or 'mnist'")
+
+
+def _load_digits(test_fraction: float, seed: int) -> Dataset:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = torch.tensor(raw.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False)
+    images = images.clamp_(0.0, 1.0)
+    labels = torch.tensor(raw.target, dtype=torch.int64)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(test_fraction * len(labels)))
+    test, train = order[:n_test], order[n_test:]
+    return Dataset("digits", images[train], labels[train], images[test], labels[test])
+
+
+def _default_root() -> Path:
+    return Path(os.environ.get("PARCOURSE_DATA", Path.home() / ".cache" / "parcourse"))
+
+
+def _load_mnist(folder: Path) -> Dataset:
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for key, filename in MNIST_FILES.items():
+        path = folder / filename
+        if not path.exists():
+            try:
+                urllib.request.urlretrieve(MNIST_URL + filename, path.with_suffix(".part"))
+            except OSError as err:
+                raise RuntimeError(
+                    f"MNIST could not be downloaded from {MNIST_URL} ({err}); "
+                    f"use load_dataset('digits'), which ships with scikit-learn and "
+                    f"needs no network, or put the four MNIST .gz files in {folder}"
+                ) from None
+            path.with_suffix(".part").rename(path)
+        arrays[key] = read_idx(path)
+    images = {k: torch.from_numpy(arrays[k].astype(np.float32) / 255.0).unsqueeze(1)
+              for k in ("train_x", "test_x")}
+    labels = {k: torch.from_numpy(arrays[k].astype(np.int64)) for k in ("train_y", "test_y")}
+    return Dataset("mnist", images["train_x"], labels["train_y"], images["test_x"],
+                   labels["test_y"])
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip-compressed or not, into a uint8 array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {data.size} bytes")
+    return data.reshape(shape)
+
+
+@lru_cache(maxsize=8)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def global_batch(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Tensor:
+    """Indices of the global batch at ``step``: a slice of a stream of shuffled epochs.
+
+    The stream is epoch 0's permutation of ``range(n)``, then epoch 1's, and so on, so a
+    batch may span two epochs and every sample is seen once per epoch.
+    """
+    if n < 1 or batch_size < 1 or step < 0:
+        raise ValueError(f"need n ≥ 1, batch_size ≥ 1, step ≥ 0; got {n}, {batch_size}, {step}")
+    start, end = step * batch_size, (step + 1) * batch_size
+    parts = []
+    while start < end:
+        epoch, offset = divmod(start, n)
+        take = min(end - start, n - offset)
+        parts.append(_epoch_permutation(n, seed, epoch)[offset:offset + take])
+        start += take
+    return torch.cat(parts)
+
+
+def local_slice(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Worker ``rank``'s contiguous, equal share of a global batch (``len`` divisible by K)."""
+    if len(indices) % world_size:
+        raise ValueError(f"a global batch of {len(indices)} cannot be split evenly over "
+                         f"{world_size} workers: use a multiple of {world_size}")
+    size = len(indices) // world_size
+    return indices[rank * size:(rank + 1) * size]

@@ -1,0 +1,315 @@
+"""Run one function on K workers, from a notebook, a script or ``torchrun`` (chapter 2).
+
+``run(fn, K)`` calls ``fn(rank, world_size, *args)`` in K workers that share an
+initialised ``torch.distributed`` process group, and returns the K return values in
+rank order::
+
+    def worker(rank, world_size):
+        x = torch.tensor([float(rank)])
+        dist.all_reduce(x)              # 0 + 1 + ... + (K-1)
+        return x.item()
+
+    launch.run(worker, 4)               # [6.0, 6.0, 6.0, 6.0]
+
+Where the workers run:
+
+* spawned here (the usual case): K fresh processes. On CPU they talk through gloo and
+  each uses ``max(1, cores // K)`` torch threads, so K workers never oversubscribe the
+  machine; with ``backend="nccl"`` worker k drives GPU k. ``backend="auto"`` takes NCCL
+  when there is one GPU per worker and gloo on CPU otherwise, and says which it chose;
+* under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set): ``fn`` runs in this process on
+  the process group torchrun describes, and the results are gathered from all ranks.
+
+Failures are reported, never left hanging: a worker's exception is re-raised here as
+:class:`WorkerError` with the rank and the worker's traceback, a worker killed by a
+signal is named, and workers still running after ``timeout`` seconds are stopped with
+:class:`WorkerTimeout`. In every case all workers are stopped before ``run`` returns.
+
+Spawned workers import ``fn`` afresh, so it must live in an importable module (the
+``parcourse`` package or a ``.py`` file), not in a notebook cell.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from datetime import timedelta
+from multiprocessing import connection, get_context
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+BACKENDS = ("auto", "gloo", "nccl")
+_HOST = "127.0.0.1"
+_device = torch.device("cpu")
+
+
+class WorkerError(RuntimeError):
+    """A worker raised an exception or died; ``rank`` says which one."""
+
+    def __init__(self, message: str, rank: int, remote_traceback: str = "",
+                 peer_failure: bool = False):
+        super().__init__(message)
+        self.rank = rank
+        self.remote_traceback = remote_traceback
+        self.peer_failure = peer_failure  # a communication error, likely caused by another rank
+
+
+class WorkerTimeout(TimeoutError):
+    """Workers were still running when the timeout expired, and were stopped."""
+
+
+def device() -> torch.device:
+    """The device of the calling worker: ``cuda:k`` under NCCL, else the CPU."""
+    return _device
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    """Torch threads each of ``workers`` processes gets: ``max(1, cores // workers)``."""
+    return max(1, available_cores() // workers)
+
+
+def under_torchrun() -> bool:
+    """True when this process was started by torchrun (or another launcher setting RANK)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def choose_backend(world_size: int, backend: str = "auto", gpus: int | None = None) -> tuple[str, str]:
+    """Resolve ``backend`` for ``world_size`` workers; return it and the reason.
+
+    NCCL needs one GPU per worker. ``auto`` therefore picks NCCL when
+    ``world_size <= gpus`` and gloo (CPU processes) otherwise.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if gpus is None:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if backend == "gloo":
+        return "gloo", "gloo was asked for"
+    if backend == "nccl":
+        if world_size > gpus:
+            raise ValueError(
+                f"backend='nccl' needs one GPU per worker, but {world_size} workers were "
+                f"asked for and {gpus} GPU{'s' if gpus != 1 else ''} "
+                f"{'are' if gpus != 1 else 'is'} available; use backend='gloo' to run "
+                f"the workers as CPU processes, or ask for at most {gpus} workers")
+        return "nccl", "nccl was asked for"
+    if gpus == 0:
+        return "gloo", "no CUDA GPU found"
+    if world_size <= gpus:
+        return "nccl", f"{gpus} GPU{'s' if gpus != 1 else ''} for {world_size} worker{'s' if world_size != 1 else ''}"
+    return "gloo", f"{world_size} workers but only {gpus} GPU{'s' if gpus != 1 else ''}"
+
+
+def run(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
+        backend: str = "auto", timeout: float = 300.0, verbose: bool = True) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` workers; return results by rank."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an integer ≥ 1, got {world_size!r}")
+    if not timeout or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    args = tuple(args)
+    if under_torchrun():
+        return _run_here_under_torchrun(fn, world_size, args, backend, timeout)
+    chosen, reason = choose_backend(world_size, backend)
+    if verbose and backend == "auto":
+        where = "GPU processes with nccl" if chosen == "nccl" else "CPU processes with gloo"
+        print(f"parcourse.launch: {world_size} worker{'s' if world_size != 1 else ''} as "
+              f"{where} ({reason})", flush=True)
+    _check_importable(fn, args)
+    return _spawn(fn, world_size, args, chosen, timeout)
+
+
+def _check_importable(fn: Callable, args: tuple) -> None:
+    main = sys.modules.get("__main__")
+    if getattr(fn, "__module__", None) == "__main__" and not hasattr(main, "__file__"):
+        raise TypeError(
+            f"{getattr(fn, '__qualname__', fn)!r} is defined in an interactive session, "
+            f"but workers are fresh processes that must import it: move it into a .py "
+            f"module (for example next to the notebook) and import it from there")
+    try:
+        pickle.dumps((fn, args))
+    except Exception as err:
+        raise TypeError(f"workers cannot receive {fn!r} and its arguments: they must be "
+                        f"picklable (a module-level function, not a lambda or closure): "
+                        f"{err}") from None
+
+
+def _spawn(fn: Callable, world_size: int, args: tuple, backend: str, timeout: float) -> list:
+    store = dist.TCPStore(_HOST, 0, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=timeout))
+    context = get_context("spawn")
+    threads = threads_per_worker(world_size)
+    processes, receivers = [], []
+    try:
+        for rank in range(world_size):
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_worker_main, name=f"parcourse-worker-{rank}",
+                args=(fn, args, rank, world_size, backend, store.port, timeout, threads,
+                      sender, os.getpid()))
+            process.start()
+            sender.close()
+            processes.append(process)
+            receivers.append(receiver)
+        return _collect(processes, receivers, timeout)
+    finally:
+        _stop(processes)
+        for receiver in receivers:
+            receiver.close()
+        del store
+
+
+def _collect(processes: list, receivers: list, timeout: float) -> list:
+    world_size = len(processes)
+    results: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(results) < world_size:
+        pending = [r for r in range(world_size) if r not in results]
+        remaining = deadline - time.monotonic()
+        ready = connection.wait([receivers[r] for r in pending] +
+                                [processes[r].sentinel for r in pending],
+                                timeout=max(0.0, remaining)) if remaining > 0 else []
+        if not ready:
+            raise WorkerTimeout(
+                f"worker rank{'s' if len(pending) > 1 else ''} "
+                f"{', '.join(map(str, pending))} of {world_size} did not finish within "
+                f"{timeout:g} s and {'were' if len(pending) > 1 else 'was'} stopped; a "
+                f"worker is probably waiting in a collective that another worker never "
+                f"joined. If the work is only slow, pass a larger timeout=")
+        failures = []  # (caused by a peer?, error)
+        for rank in pending:
+            if receivers[rank] in ready or receivers[rank].poll():
+                try:
+                    results[rank] = _receive(receivers[rank], rank, processes[rank], world_size)
+                except WorkerError as err:
+                    failures.append((err.peer_failure, err))
+            elif processes[rank].sentinel in ready:
+                processes[rank].join()
+                failures.append((False, WorkerError(
+                    _death_message(rank, world_size, processes[rank].exitcode), rank)))
+        if failures:
+            # A worker's own error comes first; "connection closed" errors of its peers after.
+            raise min(failures, key=lambda failure: failure[0])[1]
+    return [results[r] for r in range(world_size)]
+
+
+def _receive(receiver, rank: int, process, world_size: int) -> Any:
+    try:
+        status, payload = pickle.loads(receiver.recv_bytes())
+    except EOFError:
+        process.join(5)
+        raise WorkerError(_death_message(rank, world_size, process.exitcode), rank) from None
+    if status == "ok":
+        return payload
+    summary, remote_traceback, peer_failure = payload
+    raise WorkerError(f"worker rank {rank} of {world_size} failed with {summary}\n\n"
+                      f"Traceback from rank {rank}:\n{remote_traceback}", rank,
+                      remote_traceback, peer_failure)
+
+
+def _death_message(rank: int, world_size: int, exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        how = f"was killed by signal {signal.Signals(-exitcode).name}"
+    else:
+        how = f"exited with code {exitcode}"
+    return (f"worker rank {rank} of {world_size} {how} before returning a result; its "
+            f"own output (stderr) says why. Common causes: out of memory, a crash in native "
+            f"code, or a script that calls launch.run outside `if __name__ == '__main__':`")
+
+
+def _stop(processes: list, grace: float = 3.0) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make sure a worker never outlives the notebook or script that launched it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us with the parent
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker_main(fn, args, rank, world_size, backend, port, timeout, threads, sender,
+                 parent_pid) -> None:
+    global _device
+    _die_with_parent(parent_pid)
+    torch.set_num_threads(threads)
+    try:
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+            _device = torch.device("cuda", rank)
+        store = dist.TCPStore(_HOST, port, is_master=False, timeout=timedelta(seconds=timeout))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout))
+        message = pickle.dumps(("ok", fn(rank, world_size, *args)))
+    except BaseException as err:  # report everything, KeyboardInterrupt included
+        summary = f"{type(err).__name__}: {err}".strip()
+        peer_failure = isinstance(err, getattr(dist, "DistError", ()))
+        sender.send_bytes(pickle.dumps(("error", (summary, traceback.format_exc(), peer_failure))))
+        sender.close()
+        os._exit(1)  # peers may be stuck in a collective: skip the orderly shutdown
+    sender.send_bytes(message)
+    sender.close()
+    dist.destroy_process_group()
+
+
+def _run_here_under_torchrun(fn: Callable, world_size: int, args: tuple, backend: str,
+                             timeout: float) -> list:
+    global _device
+    env_world = int(os.environ["WORLD_SIZE"])
+    if world_size != env_world:
+        raise ValueError(f"{world_size} workers were asked for, but torchrun started "
+                         f"{env_world} processes (WORLD_SIZE={env_world}): make the two agree")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env_world))
+    chosen, _ = choose_backend(local_world, backend)
+    if chosen == "nccl":
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        _device = torch.device("cuda", local_rank)
+    torch.set_num_threads(threads_per_worker(local_world))
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group(chosen, timeout=timedelta(seconds=timeout))
+    try:
+        result = fn(dist.get_rank(), world_size, *args)
+        gathered: list = [None] * world_size
+        dist.all_gather_object(gathered, result)
+        return gathered
+    finally:
+        if created:
+            dist.destroy_process_group()

@@ -1,0 +1,209 @@
+"""Training with a choice of strategy: the engine behind ``python -m parcourse train``.
+
+Every strategy trains the same model on the same global batches (see
+:func:`parcourse.data.global_batch`), so its final parameters can be compared key by
+key with ``strategy="single"`` (chapter 3, "parallelism changes where work runs, not
+what is computed"). ``batch_size`` is always the *global* batch ``B``; a data-parallel
+strategy with ``K`` workers gives each worker ``B / K`` samples per step.
+
+Strategies:
+
+* ``single`` — one process, the reference.
+* ``ddp`` — PyTorch ``DistributedDataParallel`` over ``K`` workers started by
+  :func:`parcourse.launch.run` (or by ``torchrun``). Each worker computes the mean loss
+  of its ``B/K`` samples; DDP averages the gradients over workers, which equals the
+  gradient of the mean loss over all ``B`` samples (chapter 4).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as datasets
+from . import launch
+from .models import MODELS, build_model
+
+OPTIMIZERS = ("sgd", "adam")
+DATASETS = ("digits", "mnist")
+
+
+class ConfigError(ValueError):
+    """A training option is invalid; the message names the option and what to change."""
+
+
+@dataclass
+class TrainConfig:
+    """All options of one training run; field ``x_y`` is the command-line ``--x-y``."""
+
+    strategy: str = "single"
+    model: str = "simple"
+    dataset: str = "digits"
+    steps: int = 100
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    seed: int = 0
+    workers: int = 1
+    backend: str = "auto"
+    timeout: float = 600.0
+    quiet: bool = False
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: final parameters (plain key names, on the CPU) and measurements."""
+
+    config: TrainConfig
+    state_dict: dict = field(repr=False)
+    losses: list = field(repr=False)       # mean loss over the global batch, per step
+    seconds: float = 0.0                   # wall time of the training loop
+    test_accuracy: float = 0.0
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.config.steps * self.config.batch_size / self.seconds
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for the first invalid option."""
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    check(config.strategy in STRATEGIES,
+          f"unknown --strategy {config.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    check(config.model in MODELS,
+          f"unknown --model {config.model!r}: choose one of {', '.join(MODELS)}")
+    check(config.dataset in DATASETS,
+          f"unknown --dataset {config.dataset!r}: choose one of {', '.join(DATASETS)}")
+    check(config.optimizer in OPTIMIZERS,
+          f"unknown --optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    check(config.backend in launch.BACKENDS,
+          f"unknown --backend {config.backend!r}: choose one of {', '.join(launch.BACKENDS)}")
+    check(config.steps >= 1, f"--steps must be at least 1 (got {config.steps})")
+    check(config.batch_size >= 1, f"--batch-size must be at least 1 (got {config.batch_size})")
+    check(config.lr > 0, f"--lr must be positive (got {config.lr})")
+    check(config.timeout > 0, f"--timeout must be positive (got {config.timeout})")
+    check(config.workers >= 1, f"--workers must be at least 1 (got {config.workers})")
+    if config.strategy == "single":
+        check(config.workers == 1, f"--strategy single runs on one worker (got --workers "
+                                   f"{config.workers}): use --strategy ddp for several")
+    else:
+        k, b = config.workers, config.batch_size
+        check(b >= k, f"--batch-size {b} is smaller than --workers {k}: each worker "
+                      f"needs at least one sample, so use --batch-size of at least {k}")
+        check(b % k == 0, f"--batch-size {b} cannot be split evenly over --workers {k}: "
+                          f"use a multiple of {k}, e.g. {b - b % k} or {b - b % k + k}")
+        if config.backend == "nccl":
+            try:
+                launch.choose_backend(k, "nccl")
+            except ValueError as err:
+                raise ConfigError(str(err).replace("backend='nccl'", "--backend nccl")
+                                  .replace("backend='gloo'", "--backend gloo")) from None
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Validate ``config`` and train with its strategy."""
+    validate(config)
+    return STRATEGIES[config.strategy](config)
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """Plain SGD or Adam with the given learning rate."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def _progress(config: TrainConfig, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.steps, desc=config.strategy, unit="step",
+                disable=config.quiet or not enabled, leave=True)
+
+
+def _fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
+         device: torch.device, rank: int = 0, world_size: int = 1) -> tuple[list, float]:
+    """The training loop shared by every strategy: this worker's slice of each global batch.
+
+    Returns the per-step mean loss over the *global* batch and the loop's wall time.
+    """
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+    n = len(dataset.train_y)
+    losses = []
+    bar = _progress(config, enabled=rank == 0)
+    start = time.perf_counter()
+    for step in range(config.steps):
+        indices = datasets.global_batch(n, config.batch_size, step, config.seed)
+        mine = datasets.local_slice(indices, rank, world_size)
+        x, y = dataset.train_x[mine].to(device), dataset.train_y[mine].to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        global_loss = loss.detach()
+        if world_size > 1:
+            dist.all_reduce(global_loss)
+            global_loss /= world_size
+        losses.append(global_loss.item())
+        bar.update(1)
+        if step % 10 == 0 or step == config.steps - 1:
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{losses[-1]:.4f}",
+                            samples_per_s=f"{(step + 1) * config.batch_size / elapsed:,.0f}")
+    seconds = time.perf_counter() - start
+    bar.close()
+    return losses, seconds
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    """Fraction of ``x`` that ``model`` classifies as ``y``."""
+    model.eval()
+    predictions = model(x.to(device)).argmax(dim=1).cpu()
+    model.train()
+    return (predictions == y).float().mean().item()
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def train_single(config: TrainConfig) -> TrainResult:
+    """The single-device reference: one process, the whole global batch each step."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
+    model = build_model(config.model, seed=config.seed).to(device)
+    losses, seconds = _fit(model, config, dataset, device)
+    return TrainResult(config, _cpu_state(model), losses, seconds,
+                       accuracy(model, dataset.test_x, dataset.test_y, device))
+
+
+def ddp_worker(rank: int, world_size: int, config: TrainConfig) -> TrainResult | None:
+    """One DDP worker; rank 0 returns the result, the others ``None``."""
+    device = launch.device()
+    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
+    model = build_model(config.model, seed=config.seed).to(device)
+    ddp = nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    losses, seconds = _fit(ddp, config, dataset, device, rank, world_size)
+    if rank != 0:
+        return None
+    return TrainResult(config, _cpu_state(model), losses, seconds,
+                       accuracy(model, dataset.test_x, dataset.test_y, device))
+
+
+def train_ddp(config: TrainConfig) -> TrainResult:
+    """Data parallelism with ``torch.nn.parallel.DistributedDataParallel``."""
+    results = launch.run(ddp_worker, config.workers, args=(config,), backend=config.backend,
+                         timeout=config.timeout, verbose=not config.quiet)
+    return results[0]
+
+
+STRATEGIES = {"single": train_single, "ddp": train_ddp}
