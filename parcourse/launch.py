@@ -89,6 +89,11 @@ def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def _count(n: int, noun: str) -> str:
+    """``_count(1, "GPU")`` is "1 GPU", ``_count(2, "GPU")`` is "2 GPUs"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def choose_backend(world_size: int, backend: str = "auto", gpus: int | None = None) -> tuple[str, str]:
     """Resolve ``backend`` for ``world_size`` workers; return it and the reason.
 
@@ -104,16 +109,16 @@ def choose_backend(world_size: int, backend: str = "auto", gpus: int | None = No
     if backend == "nccl":
         if world_size > gpus:
             raise ValueError(
-                f"backend='nccl' needs one GPU per worker, but {world_size} workers were "
-                f"asked for and {gpus} GPU{'s' if gpus != 1 else ''} "
-                f"{'are' if gpus != 1 else 'is'} available; use backend='gloo' to run "
-                f"the workers as CPU processes, or ask for at most {gpus} workers")
+                f"backend='nccl' needs one GPU per worker, but {_count(world_size, 'worker')} "
+                f"{'was' if world_size == 1 else 'were'} asked for and {_count(gpus, 'GPU')} "
+                f"{'is' if gpus == 1 else 'are'} available; use backend='gloo' to run the "
+                f"workers as CPU processes, or ask for at most {_count(gpus, 'worker')}")
         return "nccl", "nccl was asked for"
     if gpus == 0:
         return "gloo", "no CUDA GPU found"
     if world_size <= gpus:
-        return "nccl", f"{gpus} GPU{'s' if gpus != 1 else ''} for {world_size} worker{'s' if world_size != 1 else ''}"
-    return "gloo", f"{world_size} workers but only {gpus} GPU{'s' if gpus != 1 else ''}"
+        return "nccl", f"{_count(gpus, 'GPU')} for {_count(world_size, 'worker')}"
+    return "gloo", f"{_count(world_size, 'worker')} but only {_count(gpus, 'GPU')}"
 
 
 def run(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
@@ -129,8 +134,8 @@ def run(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
     chosen, reason = choose_backend(world_size, backend)
     if verbose and backend == "auto":
         where = "GPU processes with nccl" if chosen == "nccl" else "CPU processes with gloo"
-        print(f"parcourse.launch: {world_size} worker{'s' if world_size != 1 else ''} as "
-              f"{where} ({reason})", flush=True)
+        print(f"parcourse.launch: {_count(world_size, 'worker')} as {where} ({reason})",
+              flush=True)
     _check_importable(fn, args)
     return _spawn(fn, world_size, args, chosen, timeout)
 

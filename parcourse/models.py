@@ -20,24 +20,28 @@ NUM_CLASSES = 10
 
 
 class SimpleModel(nn.Sequential):
-    """784 → 64 → 64 → 10 perceptron with ReLU; accepts (N, 784) or (N, 1, 28, 28)."""
+    """784 → 64 → 64 → 10 perceptron with ReLU; accepts (N, 784) or (N, 1, 28, 28).
 
-    def __init__(self, hidden: int = 64):
-        super().__init__(
+    ``model[a:b]`` is a slice of the layers with their original names (what a pipeline
+    stage holds); slicing passes the layers back in, hence ``*layers``.
+    """
+
+    def __init__(self, *layers: nn.Module, hidden: int = 64):
+        super().__init__(*layers or (
             nn.Flatten(),
             nn.Linear(28 * 28, hidden),
             nn.ReLU(),
             nn.Linear(hidden, hidden),
             nn.ReLU(),
             nn.Linear(hidden, NUM_CLASSES),
-        )
+        ))
 
 
 class ComplexModel(nn.Sequential):
-    """Two conv/pool stages and two dense layers; input (N, 1, 28, 28)."""
+    """Two conv/pool stages and two dense layers; input (N, 1, 28, 28). Sliceable likewise."""
 
-    def __init__(self):
-        super().__init__(
+    def __init__(self, *layers: nn.Module):
+        super().__init__(*layers or (
             nn.Conv2d(1, 32, kernel_size=3),
             nn.ReLU(),
             nn.MaxPool2d(2),
@@ -48,7 +52,7 @@ class ComplexModel(nn.Sequential):
             nn.Linear(64 * 5 * 5, 64),
             nn.ReLU(),
             nn.Linear(64, NUM_CLASSES),
-        )
+        ))
 
 
 MODELS = {"simple": SimpleModel, "complex": ComplexModel}

@@ -1,0 +1,49 @@
+"""Worker functions for tests/test_launch.py (spawned workers must import them)."""
+
+import os
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+
+
+def rank_sum(rank, world_size, offset=0):
+    x = torch.tensor([float(rank)])
+    dist.all_reduce(x)
+    return rank + offset, world_size, x.item(), dist.get_world_size()
+
+
+def thread_count(rank, world_size):
+    return torch.get_num_threads()
+
+
+def raise_on_rank_one(rank, world_size):
+    if rank == 1:
+        raise ValueError("boom from rank 1")
+    dist.barrier()  # rank 0 waits for a peer that never comes
+    return rank
+
+
+def kill_rank_one(rank, world_size):
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.barrier()
+    return rank
+
+
+def hang_on_rank_zero(rank, world_size):
+    if rank == 0:
+        time.sleep(3600)
+    dist.barrier()
+    return rank
+
+
+def report_pid_then_hang(rank, world_size, folder):
+    with open(os.path.join(folder, f"worker{rank}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(3600)
+
+
+def big_tensor(rank, world_size):
+    return torch.full((1 << 20,), float(rank))

@@ -1,0 +1,123 @@
+"""python -m parcourse train: every strategy saves the parameters of the single-device run.
+
+Tolerance: float32 data parallelism sums the same gradients in a different order, so
+parameters agree to rounding error; we require |Δ| ≤ 1e-6 + 1e-5·|reference| after
+20 steps (measured differences are around 1e-8).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+COMMON = ["--steps", "20", "--batch-size", "32", "--seed", "3", "--quiet"]
+
+
+def parcourse(*args, launcher=(sys.executable, "-m", "parcourse"), timeout=180):
+    return subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def train_and_load(tmp_path, name, *args, launcher=(sys.executable, "-m", "parcourse")):
+    path = tmp_path / f"{name}.pt"
+    done = parcourse("train", *COMMON, *args, "--save", str(path), launcher=launcher)
+    assert done.returncode == 0, done.stderr
+    return torch.load(path)
+
+
+def assert_same_parameters(actual, expected):
+    assert list(actual) == list(expected)  # plain key names, same order
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_ddp_on_two_workers_matches_single(tmp_path, optimizer):
+    extra = ["--optimizer", optimizer, "--lr", "0.05" if optimizer == "sgd" else "0.002"]
+    single = train_and_load(tmp_path, "single", *extra)
+    ddp = train_and_load(tmp_path, "ddp", "--strategy", "ddp", "--workers", "2", *extra)
+    assert list(single) == ["1.weight", "1.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
+    assert_same_parameters(ddp, single)
+
+
+def test_complex_model_on_two_workers_matches_single(tmp_path):
+    single = train_and_load(tmp_path, "single", "--model", "complex")
+    ddp = train_and_load(tmp_path, "ddp", "--model", "complex", "--strategy", "ddp",
+                         "--workers", "2")
+    assert_same_parameters(ddp, single)
+
+
+def test_under_torchrun_with_two_processes(tmp_path):
+    single = train_and_load(tmp_path, "single")
+    launcher = (str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "parcourse")
+    ddp = train_and_load(tmp_path, "torchrun", "--strategy", "ddp", launcher=launcher)
+    assert_same_parameters(ddp, single)
+
+
+def test_metrics_and_summary(tmp_path):
+    metrics = tmp_path / "m.json"
+    done = parcourse("train", "--steps", "5", "--batch-size", "16", "--metrics", str(metrics))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(metrics.read_text())
+    assert len(report["losses"]) == 5 and report["config"]["batch_size"] == 16
+    assert report["samples_per_second"] == pytest.approx(5 * 16 / report["seconds"])
+    assert done.stdout.startswith("single on 1 worker: final loss ")
+    assert "samples_per_s=" in done.stderr  # the progress bar
+
+
+def test_quiet_prints_nothing():
+    done = parcourse("train", "--steps", "3", "--quiet")
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+
+
+def test_help_documents_every_option():
+    done = parcourse("train", "--help")
+    assert done.returncode == 0
+    for option in ("--strategy", "--model", "--dataset", "--steps", "--batch-size", "--lr",
+                   "--optimizer", "--seed", "--workers", "--backend", "--timeout", "--save",
+                   "--metrics", "--quiet"):
+        assert option in done.stdout
+
+
+ERR = "python -m parcourse train: error: "
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0", "--strategy", "ddp"], ERR + "--workers must be at least 1 (got 0)"),
+    (["--batch-size", "0"], ERR + "--batch-size must be at least 1 (got 0)"),
+    (["--steps", "-1"], ERR + "--steps must be at least 1 (got -1)"),
+    (["--lr", "0"], ERR + "--lr must be positive (got 0.0)"),
+    (["--strategy", "magic"], ERR + "unknown --strategy 'magic': choose one of single, ddp"),
+    (["--model", "resnet"], ERR + "unknown --model 'resnet': choose one of simple, complex"),
+    (["--optimizer", "lamb"], ERR + "unknown --optimizer 'lamb': choose one of sgd, adam"),
+    (["--strategy", "single", "--workers", "2"],
+     ERR + "--strategy single runs on one worker (got --workers 2): use --strategy ddp for several"),
+    (["--strategy", "ddp", "--workers", "3", "--batch-size", "10"],
+     ERR + "--batch-size 10 cannot be split evenly over --workers 3: use a multiple of 3, e.g. 9 or 12"),
+    (["--strategy", "ddp", "--workers", "4", "--batch-size", "2"],
+     ERR + "--batch-size 2 is smaller than --workers 4: each worker needs at least one sample, "
+           "so use --batch-size of at least 4"),
+    (["--workers", "two"], "python -m parcourse train: error: argument --workers: invalid int "
+                           "value: 'two' (see --help)"),
+])
+def test_bad_input_exits_2_with_one_line(args, message):
+    done = parcourse("train", *args)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == message + "\n"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="this machine has two GPUs")
+def test_nccl_without_enough_gpus_is_refused():
+    done = parcourse("train", "--strategy", "ddp", "--workers", "2", "--backend", "nccl")
+    assert done.returncode == 2
+    gpus = torch.cuda.device_count()
+    assert done.stderr.startswith(f"{ERR}--backend nccl needs one GPU per worker, but 2 workers "
+                                  f"were asked for and {gpus} GPU")
+    assert "use --backend gloo to run the workers as CPU processes" in done.stderr

@@ -1,0 +1,184 @@
+"""parcourse.launch: results in rank order, failures reported with rank, nothing left behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+
+import psutil
+import pytest
+import torch
+
+import launch_workers as w
+from parcourse import launch
+
+
+def _workers_alive():
+    me = psutil.Process()
+    return [p for p in me.children(recursive=True)
+            if "multiprocessing.spawn" in " ".join(_cmdline(p))]
+
+
+def _cmdline(process):
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+@pytest.fixture(autouse=True)
+def no_orphans():
+    yield
+    assert _workers_alive() == [], "launch.run left worker processes behind"
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_results_come_back_in_rank_order(world_size):
+    results = launch.run(w.rank_sum, world_size, args=(100,), verbose=False)
+    expected_sum = float(sum(range(world_size)))
+    assert results == [(100 + r, world_size, expected_sum, world_size) for r in range(world_size)]
+
+
+def test_each_cpu_worker_gets_its_share_of_the_cores():
+    expected = max(1, launch.available_cores() // 2)
+    assert launch.run(w.thread_count, 2, verbose=False) == [expected, expected]
+
+
+def test_large_results_arrive_intact():
+    a, b = launch.run(w.big_tensor, 2, verbose=False)
+    assert torch.equal(a, torch.zeros(1 << 20)) and torch.equal(b, torch.ones(1 << 20))
+
+
+def test_auto_backend_says_what_it_chose(capsys):
+    launch.run(w.thread_count, 2)
+    assert "parcourse.launch: 2 workers as CPU processes with gloo (no CUDA GPU found)" \
+        in capsys.readouterr().out
+
+
+def test_worker_exception_is_reraised_with_rank_and_traceback():
+    start = time.monotonic()
+    with pytest.raises(launch.WorkerError) as info:
+        launch.run(w.raise_on_rank_one, 2, timeout=60, verbose=False)
+    assert time.monotonic() - start < 30
+    err = info.value
+    assert err.rank == 1
+    assert str(err).startswith("worker rank 1 of 2 failed with ValueError: boom from rank 1")
+    assert "in raise_on_rank_one" in err.remote_traceback
+    assert 'raise ValueError("boom from rank 1")' in err.remote_traceback
+
+
+def test_worker_killed_by_a_signal_is_named():
+    with pytest.raises(launch.WorkerError) as info:
+        launch.run(w.kill_rank_one, 2, timeout=60, verbose=False)
+    assert info.value.rank == 1
+    assert str(info.value).startswith(
+        "worker rank 1 of 2 was killed by signal SIGKILL before returning a result")
+
+
+def test_hung_worker_is_stopped_after_the_timeout():
+    start = time.monotonic()
+    with pytest.raises(launch.WorkerTimeout) as info:
+        launch.run(w.hang_on_rank_zero, 2, timeout=4, verbose=False)
+    assert 4 <= time.monotonic() - start < 20
+    assert str(info.value).startswith("worker ranks 0, 1 of 2 did not finish within 4 s "
+                                      "and were stopped")
+
+
+def test_two_runs_in_a_row_and_two_at_once():
+    assert launch.run(w.rank_sum, 2, verbose=False)[0][2] == 1.0
+    assert launch.run(w.rank_sum, 2, verbose=False)[0][2] == 1.0
+    results, errors = {}, []
+
+    def one(name):
+        try:
+            results[name] = launch.run(w.rank_sum, 2, verbose=False)
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert results["a"] == results["b"] == [(0, 2, 1.0, 2), (1, 2, 1.0, 2)]
+
+
+def test_workers_die_with_a_killed_parent(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import launch_workers
+        from parcourse import launch
+        if __name__ == "__main__":
+            launch.run(launch_workers.report_pid_then_hang, 2, args=({str(tmp_path)!r},),
+                       timeout=600, verbose=False)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    pid_files = [tmp_path / f"worker{r}.pid" for r in range(2)]
+    deadline = time.monotonic() + 60
+    while not all(f.exists() and f.read_text() for f in pid_files):
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.2)
+    pids = [int(f.read_text()) for f in pid_files]
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+              for p in pids):
+        assert time.monotonic() < deadline, "workers outlived their killed parent"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_invalid_world_size_is_refused(bad):
+    with pytest.raises(ValueError, match=r"world_size must be an integer ≥ 1, got"):
+        launch.run(w.rank_sum, bad)
+
+
+def test_invalid_timeout_is_refused():
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        launch.run(w.rank_sum, 2, timeout=0)
+
+
+@pytest.mark.parametrize("world_size, backend, gpus, chosen", [
+    (2, "auto", 0, "gloo"), (1, "auto", 1, "nccl"), (2, "auto", 2, "nccl"),
+    (3, "auto", 2, "gloo"), (4, "gloo", 8, "gloo"), (2, "nccl", 2, "nccl"),
+])
+def test_backend_choice(world_size, backend, gpus, chosen):
+    assert launch.choose_backend(world_size, backend, gpus=gpus)[0] == chosen
+
+
+def test_nccl_with_more_workers_than_gpus_is_a_clear_error():
+    with pytest.raises(ValueError) as info:
+        launch.choose_backend(4, "nccl", gpus=1)
+    assert str(info.value) == (
+        "backend='nccl' needs one GPU per worker, but 4 workers were asked for and 1 GPU "
+        "is available; use backend='gloo' to run the workers as CPU processes, or ask for "
+        "at most 1 worker")
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend 'mpi': choose one of auto, gloo, nccl"):
+        launch.run(w.rank_sum, 2, backend="mpi")
+
+
+def test_function_from_an_interactive_session_gets_advice(monkeypatch):
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+
+    def cell_function(rank, world_size):
+        return rank
+
+    cell_function.__module__ = "__main__"
+    with pytest.raises(TypeError, match="is defined in an interactive session, but workers "
+                                        "are fresh processes that must import it"):
+        launch.run(cell_function, 2, verbose=False)
+
+
+def test_lambda_is_refused_with_advice():
+    with pytest.raises(TypeError, match="must be picklable"):
+        launch.run(lambda rank, world_size: rank, 2, verbose=False)
