@@ -1,0 +1,147 @@
+"""All-reduce built from point-to-point messages, and its α–β cost (chapter 3).
+
+After an all-reduce every rank holds the element-wise sum of every rank's tensor. Three
+algorithms, each written with ``torch.distributed`` ``send``/``recv``/``isend``/
+``irecv`` only, each updating the tensor in place like ``dist.all_reduce``:
+
+* ``naive_all_reduce`` — a parameter server: every rank sends its tensor to rank 0,
+  which adds them up and sends the sum back. Rank 0's link carries everything.
+* ``ring_all_reduce`` — the tensor is cut into K chunks. Reduce-scatter: in K−1 steps
+  each rank passes one chunk to its right neighbour and adds the chunk arriving from its
+  left, so that rank r ends up owning the full sum of chunk r+1. All-gather: K−1 more
+  steps pass the finished chunks round the ring. Each rank sends 2(K−1)/K of the tensor
+  in total, whatever K is: the bandwidth-optimal schedule (Patarasuk & Yuan, 2009).
+* ``tree_all_reduce`` — a binomial tree: ⌈log₂K⌉ rounds of pairwise reduction towards
+  rank 0, then the same rounds in reverse to broadcast the sum (few messages: latency
+  optimal, but each carries the whole tensor).
+
+With a latency α per message and a time β per byte, sending n bytes costs α + nβ and
+
+=========  =================================  ==========================
+algorithm  time for n bytes on K ranks        bytes sent by the busiest
+=========  =================================  ==========================
+naive      2(K−1)·(α + nβ)                     2(K−1)·n (rank 0)
+ring       2(K−1)·α + 2(K−1)/K · nβ            2(K−1)/K · n
+tree       2⌈log₂K⌉·(α + nβ)                   2⌈log₂K⌉·n
+=========  =================================  ==========================
+
+(Thakur, Rabenseifner & Gropp, 2005). :func:`predicted_seconds` evaluates these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+ALGORITHMS = ("naive", "ring", "tree")
+
+
+def naive_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks through rank 0 (a parameter server), in place."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if world_size == 1:
+        return tensor
+    if rank == 0:
+        incoming = torch.empty_like(tensor)
+        for source in range(1, world_size):  # rank order: the same sum on every run
+            dist.recv(incoming, src=source)
+            tensor += incoming
+        for destination in range(1, world_size):
+            dist.send(tensor, dst=destination)
+    else:
+        dist.send(tensor, dst=0)
+        dist.recv(tensor, src=0)
+    return tensor
+
+
+def _exchange(send: torch.Tensor, receive: torch.Tensor, right: int, left: int) -> None:
+    """Send to the right neighbour while receiving from the left one (no deadlock)."""
+    requests = [dist.isend(send, dst=right), dist.irecv(receive, src=left)]
+    for request in requests:
+        request.wait()
+
+
+def ring_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks with a ring reduce-scatter and all-gather, in place."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if world_size == 1:
+        return tensor
+    flat = tensor.view(-1) if tensor.is_contiguous() else tensor.contiguous().view(-1)
+    chunks = list(torch.tensor_split(flat, world_size))  # sizes differ by at most one
+    right, left = (rank + 1) % world_size, (rank - 1) % world_size
+    buffer = torch.empty(chunks[0].numel(), dtype=flat.dtype, device=flat.device)
+    # reduce-scatter: after step s, rank r has summed s + 2 contributions into chunk r − s − 1
+    for step in range(world_size - 1):
+        outgoing = chunks[(rank - step) % world_size]
+        incoming = chunks[(rank - step - 1) % world_size]
+        _exchange(outgoing, buffer[:incoming.numel()], right, left)
+        incoming += buffer[:incoming.numel()]
+    # all-gather: rank r now owns the finished chunk r + 1 and passes finished chunks on
+    for step in range(world_size - 1):
+        outgoing = chunks[(rank + 1 - step) % world_size]
+        incoming = chunks[(rank - step) % world_size]
+        _exchange(outgoing, buffer[:incoming.numel()], right, left)
+        incoming.copy_(buffer[:incoming.numel()])
+    if flat.data_ptr() != tensor.data_ptr():
+        tensor.copy_(flat.view_as(tensor))
+    return tensor
+
+
+def tree_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks up a binomial tree to rank 0 and back down, in place."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    rounds = math.ceil(math.log2(world_size)) if world_size > 1 else 0
+    incoming = torch.empty_like(tensor) if rounds else tensor
+    for level in range(rounds):  # reduce: at level l, ranks r ≡ 2^l (mod 2^(l+1)) send
+        distance = 1 << level
+        if rank % (2 * distance) == distance:
+            dist.send(tensor, dst=rank - distance)
+            break
+        if rank % (2 * distance) == 0 and rank + distance < world_size:
+            dist.recv(incoming, src=rank + distance)
+            tensor += incoming
+    for level in reversed(range(rounds)):  # broadcast: the same edges, reversed
+        distance = 1 << level
+        if rank % (2 * distance) == 0 and rank + distance < world_size:
+            dist.send(tensor, dst=rank + distance)
+        elif rank % (2 * distance) == distance:
+            dist.recv(tensor, src=rank - distance)
+    return tensor
+
+
+ALL_REDUCE = {"naive": naive_all_reduce, "ring": ring_all_reduce, "tree": tree_all_reduce}
+
+
+def all_reduce(tensor: torch.Tensor, algorithm: str = "ring") -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place with the named algorithm."""
+    if algorithm not in ALL_REDUCE:
+        raise ValueError(f"unknown all-reduce algorithm {algorithm!r}: "
+                         f"choose one of {', '.join(ALGORITHMS)}")
+    return ALL_REDUCE[algorithm](tensor)
+
+
+def predicted_seconds(algorithm: str, nbytes: float, world_size: int, alpha: float,
+                      beta: float) -> float:
+    """The α–β model's time for one all-reduce of ``nbytes`` on ``world_size`` ranks."""
+    k = world_size
+    if k == 1:
+        return 0.0
+    if algorithm == "naive":
+        return 2 * (k - 1) * (alpha + nbytes * beta)
+    if algorithm == "ring":
+        return 2 * (k - 1) * alpha + 2 * (k - 1) / k * nbytes * beta
+    if algorithm == "tree":
+        return 2 * math.ceil(math.log2(k)) * (alpha + nbytes * beta)
+    raise ValueError(f"unknown all-reduce algorithm {algorithm!r}: "
+                     f"choose one of {', '.join(ALGORITHMS)}")
+
+
+def bus_bandwidth(nbytes: float, seconds: float, world_size: int) -> float:
+    """Bus bandwidth in bytes/s: algorithm bandwidth n/t times 2(K−1)/K.
+
+    It is the rate at which the busiest link of an ideal ring moves data, so it can be
+    compared across K and with the hardware's link or memory bandwidth.
+    """
+    return nbytes / seconds * 2 * (world_size - 1) / world_size

@@ -1,0 +1,37 @@
+"""Worker functions for tests/test_collectives.py (spawned workers must import them)."""
+
+import torch
+import torch.distributed as dist
+
+from parcourse import collectives
+
+SIZES = [0, 1, 2, 3, 5, 7, 64, 1000, 4099]
+SHAPES = [(3, 5), (2, 3, 4)]
+
+
+def compare_with_dist(rank, world_size):
+    """For every algorithm, size and dtype: (name, exact?, max |ours − dist.all_reduce|)."""
+    report = []
+    generator = torch.Generator().manual_seed(1234 + rank)
+    cases = [(n,) for n in SIZES] + SHAPES
+    for shape in cases:
+        for dtype in (torch.float32, torch.float64):
+            integers = torch.randint(-1000, 1000, shape, generator=generator).to(dtype)
+            reals = torch.randn(shape, generator=generator, dtype=dtype)
+            for data, exact in ((integers, True), (reals, False)):
+                expected = data.clone()
+                dist.all_reduce(expected)
+                for algorithm in collectives.ALGORITHMS:
+                    ours = data.clone()
+                    returned = collectives.all_reduce(ours, algorithm)
+                    same_object = returned is ours
+                    error = (ours - expected).abs().max().item() if ours.numel() else 0.0
+                    report.append((algorithm, shape, str(dtype), exact, error, same_object))
+    return report
+
+
+def non_contiguous(rank, world_size):
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4) + rank
+    view = base.t()  # not contiguous
+    collectives.ring_all_reduce(view)
+    return base
