@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import fields
 
 from . import launch
 from .train import DATASETS, OPTIMIZERS, STRATEGIES, ConfigError, TrainConfig, train
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default=defaults.backend, metavar="NAME",
                    help=f"{', '.join(launch.BACKENDS)}: auto takes nccl with one GPU per "
                         f"worker, else gloo on CPU (default: %(default)s)")
+    t.add_argument("--allreduce", default=defaults.allreduce, metavar="NAME",
+                   help="dp-manual, dp-bucketed: naive, ring, tree (parcourse.collectives) or "
+                        "native (the backend's own, gloo or NCCL) (default: %(default)s)")
+    t.add_argument("--bucket-kb", type=float, default=defaults.bucket_kb, metavar="KIB",
+                   help="dp-bucketed: gradient bucket size in KiB (default: %(default)s)")
     t.add_argument("--timeout", type=float, default=defaults.timeout, metavar="SECONDS",
                    help="stop the workers if they have not finished by then (default: %(default)s)")
     t.add_argument("--save", metavar="FILE",
@@ -76,13 +82,11 @@ def train_command(args: argparse.Namespace) -> int:
     workers = args.workers
     if workers is None:
         workers = int(os.environ["WORLD_SIZE"]) if launch.under_torchrun() else 1
-    config = TrainConfig(strategy=args.strategy, model=args.model, dataset=args.dataset,
-                         steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         optimizer=args.optimizer, seed=args.seed, workers=workers,
-                         backend=args.backend, timeout=args.timeout, quiet=args.quiet)
+    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    config = TrainConfig(**{**options, "workers": workers})
     if launch.under_torchrun() and config.strategy == "single" and int(os.environ["WORLD_SIZE"]) > 1:
         _fail(f"python -m parcourse train: error: --strategy single runs on one worker, but "
-              f"torchrun started {os.environ['WORLD_SIZE']}: use --strategy ddp")
+              f"torchrun started {os.environ['WORLD_SIZE']}: use a data-parallel strategy")
     try:
         result = train(config)
     except ConfigError as err:
@@ -98,6 +102,8 @@ def train_command(args: argparse.Namespace) -> int:
             json.dump({"losses": result.losses, "seconds": result.seconds,
                        "samples_per_second": result.samples_per_second,
                        "test_accuracy": result.test_accuracy,
+                       "communication_seconds": result.communication_seconds,
+                       "overlap": result.overlap,
                        "config": vars(config)}, f, indent=1)
     if not config.quiet:
         print(f"{config.strategy} on {config.workers} worker{'s' if config.workers > 1 else ''}: "

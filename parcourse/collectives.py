@@ -56,10 +56,29 @@ def naive_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _exchange(send: torch.Tensor, receive: torch.Tensor, right: int, left: int) -> None:
-    """Send to the right neighbour while receiving from the left one (no deadlock)."""
-    requests = [dist.isend(send, dst=right), dist.irecv(receive, src=left)]
-    for request in requests:
+SEGMENT_BYTES = 1 << 20  # the ring pipelines each chunk in segments of this size
+
+
+def _segments(chunk: torch.Tensor) -> list[torch.Tensor]:
+    per_segment = max(1, SEGMENT_BYTES // chunk.element_size())
+    return list(torch.split(chunk, per_segment)) if chunk.numel() else [chunk]
+
+
+def _ring_step(outgoing: torch.Tensor, incoming: torch.Tensor, buffer: torch.Tensor,
+               right: int, left: int, accumulate: bool) -> None:
+    """Send ``outgoing`` right while receiving ``incoming`` from the left, segment by segment.
+
+    Every segment's transfer is posted at once; the sum of segment j is computed while
+    the later segments are still in flight, so adding overlaps with communicating.
+    """
+    sends = [dist.isend(segment, dst=right) for segment in _segments(outgoing)]
+    targets = _segments(buffer[:incoming.numel()] if accumulate else incoming)
+    receives = [dist.irecv(target, src=left) for target in targets]
+    if accumulate:
+        for request, received, destination in zip(receives, targets, _segments(incoming)):
+            request.wait()
+            destination += received
+    for request in (receives if not accumulate else []) + sends:
         request.wait()
 
 
@@ -74,16 +93,12 @@ def ring_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     buffer = torch.empty(chunks[0].numel(), dtype=flat.dtype, device=flat.device)
     # reduce-scatter: after step s, rank r has summed s + 2 contributions into chunk r − s − 1
     for step in range(world_size - 1):
-        outgoing = chunks[(rank - step) % world_size]
-        incoming = chunks[(rank - step - 1) % world_size]
-        _exchange(outgoing, buffer[:incoming.numel()], right, left)
-        incoming += buffer[:incoming.numel()]
+        _ring_step(chunks[(rank - step) % world_size], chunks[(rank - step - 1) % world_size],
+                   buffer, right, left, accumulate=True)
     # all-gather: rank r now owns the finished chunk r + 1 and passes finished chunks on
     for step in range(world_size - 1):
-        outgoing = chunks[(rank + 1 - step) % world_size]
-        incoming = chunks[(rank - step) % world_size]
-        _exchange(outgoing, buffer[:incoming.numel()], right, left)
-        incoming.copy_(buffer[:incoming.numel()])
+        _ring_step(chunks[(rank + 1 - step) % world_size], chunks[(rank - step) % world_size],
+                   buffer, right, left, accumulate=False)
     if flat.data_ptr() != tensor.data_ptr():
         tensor.copy_(flat.view_as(tensor))
     return tensor

@@ -1,7 +1,8 @@
 """Offline data for every chapter, and the deterministic batch stream (chapters 3–5).
 
 ``load_dataset("digits")`` uses scikit-learn's handwritten digits (1,797 images of
-8×8 pixels, shipped inside the scikit-learn package, so it works without a network),
+8×8 pixels, a data file shipped inside the scikit-learn package, so it works without a
+network),
 upsampled to 28×28 so that it feeds the 784-input ``SimpleModel`` exactly like MNIST.
 ``load_dataset("mnist")`` downloads the real MNIST where the network allows.
 
@@ -10,12 +11,14 @@ int64. The train/test split is a fixed function of ``seed``.
 
 The batch stream is what makes parallel runs comparable with a single-device run:
 step ``s`` always trains on the same ``batch_size`` global indices, whatever the number
-of workers, and worker ``k`` of ``K`` takes the ``k``-th contiguous slice of them.
+of workers, and worker ``k`` of ``K`` takes the ``k``-th contiguous shard of them
+(shards differ in size by at most one sample when ``K`` does not divide the batch).
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import struct
 import urllib.request
@@ -64,17 +67,29 @@ def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int 
 def _load_digits(test_fraction: float, seed: int) -> Dataset:
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    images = torch.tensor(raw.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    pixels, target = _read_digits_file()
+    images = torch.tensor(pixels, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False)
     images = images.clamp_(0.0, 1.0)
-    labels = torch.tensor(raw.target, dtype=torch.int64)
+    labels = torch.tensor(target, dtype=torch.int64)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     n_test = int(round(test_fraction * len(labels)))
     test, train = order[:n_test], order[n_test:]
     return Dataset("digits", images[train], labels[train], images[test], labels[test])
+
+
+def _read_digits_file() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits (64 pixel values 0–16, then the label) from scikit-learn's data file.
+
+    Read directly, without importing scikit-learn: that import costs every spawned
+    worker about a second and starts joblib's machinery for nothing.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the digits data set ships with scikit-learn: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    return table[:, :64], table[:, 64].astype(np.int64)
 
 
 def _default_root() -> Path:
@@ -142,10 +157,17 @@ def global_batch(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Ten
     return torch.cat(parts)
 
 
-def local_slice(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """Worker ``rank``'s contiguous, equal share of a global batch (``len`` divisible by K)."""
-    if len(indices) % world_size:
-        raise ValueError(f"a global batch of {len(indices)} cannot be split evenly over "
-                         f"{world_size} workers: use a multiple of {world_size}")
-    size = len(indices) // world_size
-    return indices[rank * size:(rank + 1) * size]
+def shard_sizes(batch_size: int, world_size: int) -> list[int]:
+    """B_k for k = 0…K−1: as even as possible, the first B mod K shards one larger."""
+    if batch_size < world_size:
+        raise ValueError(f"a batch of {batch_size} cannot give each of {world_size} workers "
+                         f"a sample: use a batch of at least {world_size}")
+    base, extra = divmod(batch_size, world_size)
+    return [base + (k < extra) for k in range(world_size)]
+
+
+def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Worker ``rank``'s contiguous shard of a global batch (sizes from :func:`shard_sizes`)."""
+    sizes = shard_sizes(len(indices), world_size)
+    start = sum(sizes[:rank])
+    return indices[start:start + sizes[rank]]

@@ -160,7 +160,7 @@ def _spawn(fn: Callable, world_size: int, args: tuple, backend: str, timeout: fl
                           timeout=timedelta(seconds=timeout))
     context = get_context("spawn")
     threads = threads_per_worker(world_size)
-    processes, receivers = [], []
+    processes, receivers, finished = [], [], False
     try:
         for rank in range(world_size):
             receiver, sender = context.Pipe(duplex=False)
@@ -172,9 +172,11 @@ def _spawn(fn: Callable, world_size: int, args: tuple, backend: str, timeout: fl
             sender.close()
             processes.append(process)
             receivers.append(receiver)
-        return _collect(processes, receivers, timeout)
+        results = _collect(processes, receivers, timeout)
+        finished = True
+        return results
     finally:
-        _stop(processes)
+        _stop(processes, finished)
         for receiver in receivers:
             receiver.close()
         del store
@@ -238,7 +240,13 @@ def _death_message(rank: int, world_size: int, exitcode: int | None) -> str:
             f"code, or a script that calls launch.run outside `if __name__ == '__main__':`")
 
 
-def _stop(processes: list, grace: float = 3.0) -> None:
+def _stop(processes: list, finished: bool, grace: float = 5.0) -> None:
+    """End every worker: wait up to ``grace`` seconds for those that ``finished`` to exit
+    by themselves (so their clean-up runs), then terminate, then kill what remains."""
+    deadline = time.monotonic() + grace
+    if finished:
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
     for process in processes:
         if process.is_alive():
             process.terminate()

@@ -12,7 +12,10 @@ Strategies:
 * ``ddp`` — PyTorch ``DistributedDataParallel`` over ``K`` workers started by
   :func:`parcourse.launch.run` (or by ``torchrun``). Each worker computes the mean loss
   of its ``B/K`` samples; DDP averages the gradients over workers, which equals the
-  gradient of the mean loss over all ``B`` samples (chapter 4).
+  gradient of the mean loss over all ``B`` samples (chapter 4). Needs ``K | B``.
+* ``dp-manual`` and ``dp-bucketed`` — the same algorithm written out in
+  :mod:`parcourse.data_parallel` with the all-reduce of :mod:`parcourse.collectives`
+  (``allreduce`` picks naive, ring, tree or the backend's own); uneven shards allowed.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from . import collectives, data_parallel, launch
 from . import data as datasets
-from . import launch
 from .models import MODELS, build_model
 
 OPTIMIZERS = ("sgd", "adam")
@@ -51,6 +54,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = 1
     backend: str = "auto"
+    allreduce: str = "ring"         # dp-manual, dp-bucketed: which all-reduce
+    bucket_kb: float = 1024.0       # dp-bucketed: bucket size in KiB
     timeout: float = 600.0
     quiet: bool = False
 
@@ -64,6 +69,8 @@ class TrainResult:
     losses: list = field(repr=False)       # mean loss over the global batch, per step
     seconds: float = 0.0                   # wall time of the training loop
     test_accuracy: float = 0.0
+    communication_seconds: float = 0.0     # dp-manual, dp-bucketed: time in all-reduce
+    overlap: float = 0.0                   # dp-bucketed: share of it hidden behind backward
 
     @property
     def samples_per_second(self) -> float:
@@ -93,19 +100,26 @@ def validate(config: TrainConfig) -> None:
     check(config.workers >= 1, f"--workers must be at least 1 (got {config.workers})")
     if config.strategy == "single":
         check(config.workers == 1, f"--strategy single runs on one worker (got --workers "
-                                   f"{config.workers}): use --strategy ddp for several")
+                                   f"{config.workers}): use a data-parallel strategy (ddp, dp-manual, "
+                                   f"dp-bucketed) for several")
     else:
         k, b = config.workers, config.batch_size
         check(b >= k, f"--batch-size {b} is smaller than --workers {k}: each worker "
                       f"needs at least one sample, so use --batch-size of at least {k}")
-        check(b % k == 0, f"--batch-size {b} cannot be split evenly over --workers {k}: "
-                          f"use a multiple of {k}, e.g. {b - b % k} or {b - b % k + k}")
+        check(b % k == 0 or config.strategy != "ddp",
+              f"--batch-size {b} cannot be split evenly over --workers {k}, which ddp "
+              f"needs: use a multiple of {k}, e.g. {b - b % k or k} or {b - b % k + k}, or "
+              f"--strategy dp-manual, which weights uneven shards")
         if config.backend == "nccl":
             try:
                 launch.choose_backend(k, "nccl")
             except ValueError as err:
                 raise ConfigError(str(err).replace("backend='nccl'", "--backend nccl")
                                   .replace("backend='gloo'", "--backend gloo")) from None
+    allreduces = (*collectives.ALGORITHMS, data_parallel.NATIVE)
+    check(config.allreduce in allreduces,
+          f"unknown --allreduce {config.allreduce!r}: choose one of {', '.join(allreduces)}")
+    check(config.bucket_kb > 0, f"--bucket-kb must be positive (got {config.bucket_kb})")
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -129,37 +143,42 @@ def _progress(config: TrainConfig, enabled: bool):
 
 
 def _fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
-         device: torch.device, rank: int = 0, world_size: int = 1) -> tuple[list, float]:
-    """The training loop shared by every strategy: this worker's slice of each global batch.
+         device: torch.device, rank: int = 0, world_size: int = 1,
+         sync=None) -> tuple[list, float]:
+    """The training loop shared by every strategy, run by each worker on its shard.
 
-    Returns the per-step mean loss over the *global* batch and the loop's wall time.
+    Worker k back-propagates its local mean loss, times B_k/B when ``sync`` (a gradient
+    all-reduce of :mod:`parcourse.data_parallel`) sums the gradients afterwards; DDP
+    averages them itself. Returns the mean loss over the *global* batch of every step
+    (summed over workers once, at the end) and the loop's wall time.
     """
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
     n = len(dataset.train_y)
-    losses = []
+    share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
+    losses = torch.zeros(config.steps, dtype=torch.float64)
     bar = _progress(config, enabled=rank == 0)
     start = time.perf_counter()
     for step in range(config.steps):
         indices = datasets.global_batch(n, config.batch_size, step, config.seed)
-        mine = datasets.local_slice(indices, rank, world_size)
+        mine = datasets.shard(indices, rank, world_size)
         x, y = dataset.train_x[mine].to(device), dataset.train_y[mine].to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        (loss * share if sync is not None and world_size > 1 else loss).backward()
+        if sync is not None:
+            sync.finish()
         optimizer.step()
-        global_loss = loss.detach()
-        if world_size > 1:
-            dist.all_reduce(global_loss)
-            global_loss /= world_size
-        losses.append(global_loss.item())
+        losses[step] = loss.item() * share
         bar.update(1)
         if step % 10 == 0 or step == config.steps - 1:
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{losses[-1]:.4f}",
+            bar.set_postfix(loss=f"{loss.item():.4f}",
                             samples_per_s=f"{(step + 1) * config.batch_size / elapsed:,.0f}")
     seconds = time.perf_counter() - start
     bar.close()
-    return losses, seconds
+    if world_size > 1:
+        dist.all_reduce(losses)
+    return losses.tolist(), seconds
 
 
 @torch.no_grad()
@@ -185,25 +204,40 @@ def train_single(config: TrainConfig) -> TrainResult:
                        accuracy(model, dataset.test_x, dataset.test_y, device))
 
 
-def ddp_worker(rank: int, world_size: int, config: TrainConfig) -> TrainResult | None:
-    """One DDP worker; rank 0 returns the result, the others ``None``."""
+def _replicate(model: nn.Module, config: TrainConfig, device: torch.device):
+    """Wrap a worker's replica for its data-parallel strategy: (module to train, sync)."""
+    if config.strategy == "ddp":
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids), None
+    data_parallel.broadcast_parameters(model)
+    if config.strategy == "dp-manual":
+        return model, data_parallel.GradientAllReduce(model, config.allreduce)
+    return model, data_parallel.BucketedGradientAllReduce(
+        model, int(config.bucket_kb * 1024), config.allreduce)
+
+
+def data_parallel_worker(rank: int, world_size: int, config: TrainConfig) -> TrainResult | None:
+    """One data-parallel worker; rank 0 returns the result, the others ``None``."""
     device = launch.device()
     dataset = datasets.load_dataset(config.dataset, seed=config.seed)
     model = build_model(config.model, seed=config.seed).to(device)
-    ddp = nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
-    losses, seconds = _fit(ddp, config, dataset, device, rank, world_size)
+    replica, sync = _replicate(model, config, device)
+    losses, seconds = _fit(replica, config, dataset, device, rank, world_size, sync)
     if rank != 0:
         return None
     return TrainResult(config, _cpu_state(model), losses, seconds,
-                       accuracy(model, dataset.test_x, dataset.test_y, device))
+                       accuracy(model, dataset.test_x, dataset.test_y, device),
+                       getattr(sync, "communication_seconds", 0.0),
+                       getattr(sync, "overlap", 0.0))
 
 
-def train_ddp(config: TrainConfig) -> TrainResult:
-    """Data parallelism with ``torch.nn.parallel.DistributedDataParallel``."""
-    results = launch.run(ddp_worker, config.workers, args=(config,), backend=config.backend,
-                         timeout=config.timeout, verbose=not config.quiet)
+def train_data_parallel(config: TrainConfig) -> TrainResult:
+    """Data parallelism over ``config.workers`` workers (ddp, dp-manual or dp-bucketed)."""
+    results = launch.run(data_parallel_worker, config.workers, args=(config,),
+                         backend=config.backend, timeout=config.timeout,
+                         verbose=not config.quiet)
     return results[0]
 
 
-STRATEGIES = {"single": train_single, "ddp": train_ddp}
+STRATEGIES = {"single": train_single, "ddp": train_data_parallel,
+              "dp-manual": train_data_parallel, "dp-bucketed": train_data_parallel}

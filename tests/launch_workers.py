@@ -47,3 +47,11 @@ def report_pid_then_hang(rank, world_size, folder):
 
 def big_tensor(rank, world_size):
     return torch.full((1 << 20,), float(rank))
+
+
+def make_a_semaphore(rank, world_size):
+    import multiprocessing
+
+    lock = multiprocessing.get_context("spawn").Lock()  # registered with the resource tracker
+    globals()["kept_alive_until_exit"] = lock
+    return rank

@@ -93,13 +93,20 @@ ERR = "python -m parcourse train: error: "
     (["--batch-size", "0"], ERR + "--batch-size must be at least 1 (got 0)"),
     (["--steps", "-1"], ERR + "--steps must be at least 1 (got -1)"),
     (["--lr", "0"], ERR + "--lr must be positive (got 0.0)"),
-    (["--strategy", "magic"], ERR + "unknown --strategy 'magic': choose one of single, ddp"),
+    (["--strategy", "magic"], ERR + "unknown --strategy 'magic': choose one of single, ddp, "
+                                   "dp-manual, dp-bucketed"),
     (["--model", "resnet"], ERR + "unknown --model 'resnet': choose one of simple, complex"),
     (["--optimizer", "lamb"], ERR + "unknown --optimizer 'lamb': choose one of sgd, adam"),
     (["--strategy", "single", "--workers", "2"],
-     ERR + "--strategy single runs on one worker (got --workers 2): use --strategy ddp for several"),
+     ERR + "--strategy single runs on one worker (got --workers 2): use a data-parallel "
+           "strategy (ddp, dp-manual, dp-bucketed) for several"),
     (["--strategy", "ddp", "--workers", "3", "--batch-size", "10"],
-     ERR + "--batch-size 10 cannot be split evenly over --workers 3: use a multiple of 3, e.g. 9 or 12"),
+     ERR + "--batch-size 10 cannot be split evenly over --workers 3, which ddp needs: use a "
+           "multiple of 3, e.g. 9 or 12, or --strategy dp-manual, which weights uneven shards"),
+    (["--strategy", "dp-manual", "--workers", "2", "--allreduce", "star"],
+     ERR + "unknown --allreduce 'star': choose one of naive, ring, tree, native"),
+    (["--strategy", "dp-bucketed", "--workers", "2", "--bucket-kb", "0"],
+     ERR + "--bucket-kb must be positive (got 0.0)"),
     (["--strategy", "ddp", "--workers", "4", "--batch-size", "2"],
      ERR + "--batch-size 2 is smaller than --workers 4: each worker needs at least one sample, "
            "so use --batch-size of at least 4"),

@@ -59,14 +59,20 @@ def test_global_batches_walk_through_shuffled_epochs():
     assert not torch.equal(data.global_batch(n, b, 0, seed=4), stream[:4])
 
 
-def test_local_slices_partition_the_global_batch():
-    batch = data.global_batch(100, 12, 0)
-    parts = [data.local_slice(batch, r, 4) for r in range(4)]
-    assert all(len(p) == 3 for p in parts)
-    assert torch.equal(torch.cat(parts), batch)
-    with pytest.raises(ValueError, match="a global batch of 12 cannot be split evenly over 5 "
-                                         "workers: use a multiple of 5"):
-        data.local_slice(batch, 0, 5)
+@pytest.mark.parametrize("batch, k", [(12, 4), (10, 3), (5, 5), (7, 2)])
+def test_shards_partition_the_global_batch(batch, k):
+    indices = data.global_batch(100, batch, 0)
+    sizes = data.shard_sizes(batch, k)
+    assert sum(sizes) == batch and max(sizes) - min(sizes) <= 1
+    parts = [data.shard(indices, r, k) for r in range(k)]
+    assert [len(p) for p in parts] == sizes
+    assert torch.equal(torch.cat(parts), indices)
+
+
+def test_a_batch_smaller_than_the_workers_is_refused():
+    with pytest.raises(ValueError, match="a batch of 3 cannot give each of 4 workers a sample: "
+                                         "use a batch of at least 4"):
+        data.shard_sizes(3, 4)
 
 
 def _write_idx(path, array, compress):

@@ -134,6 +134,23 @@ def test_workers_die_with_a_killed_parent(tmp_path):
         time.sleep(0.2)
 
 
+def test_finished_workers_exit_cleanly():
+    # workers that returned are allowed to finish their own clean-up before any
+    # terminate(): no leaked-semaphore warning from the resource tracker
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import launch_workers
+        from parcourse import launch
+        if __name__ == "__main__":
+            print(launch.run(launch_workers.make_a_semaphore, 2, verbose=False))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout == "[0, 1]\n"
+    assert "leaked" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_invalid_world_size_is_refused(bad):
     with pytest.raises(ValueError, match=r"world_size must be an integer ≥ 1, got"):
