@@ -24,8 +24,8 @@ def parcourse(*args, launcher=(sys.executable, "-m", "parcourse"), timeout=180):
                           cwd=ROOT)
 
 
-def train_and_load(tmp_path, name, *args, launcher=(sys.executable, "-m", "parcourse")):
-    path = tmp_path / f"{name}.pt"
+def train_and_load(folder, name, *args, launcher=(sys.executable, "-m", "parcourse")):
+    path = folder / f"{name}.pt"
     done = parcourse("train", *COMMON, *args, "--save", str(path), launcher=launcher)
     assert done.returncode == 0, done.stderr
     return torch.load(path)
@@ -37,27 +37,57 @@ def assert_same_parameters(actual, expected):
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_ddp_on_two_workers_matches_single(tmp_path, optimizer):
-    extra = ["--optimizer", optimizer, "--lr", "0.05" if optimizer == "sgd" else "0.002"]
-    single = train_and_load(tmp_path, "single", *extra)
-    ddp = train_and_load(tmp_path, "ddp", "--strategy", "ddp", "--workers", "2", *extra)
-    assert list(single) == ["1.weight", "1.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
-    assert_same_parameters(ddp, single)
+OPTIMIZERS = {"sgd": ["--optimizer", "sgd", "--lr", "0.05"],
+              "adam": ["--optimizer", "adam", "--lr", "0.002"]}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The single-device reference for each optimizer, trained once."""
+    folder = tmp_path_factory.mktemp("single")
+    return {name: train_and_load(folder, name, *args) for name, args in OPTIMIZERS.items()}
+
+
+@pytest.mark.parametrize("strategy, workers, optimizer, extra", [
+    ("ddp", 2, "sgd", []),
+    ("ddp", 2, "adam", []),
+    ("dp-manual", 2, "sgd", ["--allreduce", "ring"]),
+    ("dp-manual", 3, "adam", ["--allreduce", "tree"]),        # uneven shards: 11, 11, 10
+    ("dp-manual", 4, "sgd", ["--allreduce", "naive"]),
+    ("dp-bucketed", 2, "adam", ["--allreduce", "ring", "--bucket-kb", "16"]),
+    ("dp-bucketed", 3, "sgd", ["--allreduce", "native", "--bucket-kb", "4"]),
+])
+def test_data_parallel_matches_single(tmp_path, single, strategy, workers, optimizer, extra):
+    result = train_and_load(tmp_path, strategy, "--strategy", strategy, "--workers",
+                            str(workers), *OPTIMIZERS[optimizer], *extra)
+    assert list(result) == ["1.weight", "1.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
+    assert_same_parameters(result, single[optimizer])
+
+
+def test_bucketed_reports_communication_and_overlap(tmp_path):
+    metrics = tmp_path / "m.json"
+    done = parcourse("train", "--strategy", "dp-bucketed", "--workers", "2", "--steps", "10",
+                     "--bucket-kb", "8", "--quiet", "--metrics", str(metrics))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(metrics.read_text())
+    assert 0 < report["communication_seconds"] < report["seconds"]
+    assert 0.0 <= report["overlap"] <= 1.0
 
 
 def test_complex_model_on_two_workers_matches_single(tmp_path):
-    single = train_and_load(tmp_path, "single", "--model", "complex")
-    ddp = train_and_load(tmp_path, "ddp", "--model", "complex", "--strategy", "ddp",
-                         "--workers", "2")
-    assert_same_parameters(ddp, single)
+    reference = train_and_load(tmp_path, "single", "--model", "complex")
+    for strategy in ("ddp", "dp-bucketed"):
+        result = train_and_load(tmp_path, strategy, "--model", "complex", "--strategy",
+                                strategy, "--workers", "2", "--bucket-kb", "64")
+        assert_same_parameters(result, reference)
 
 
-def test_under_torchrun_with_two_processes(tmp_path):
-    single = train_and_load(tmp_path, "single")
+@pytest.mark.parametrize("strategy", ["ddp", "dp-bucketed"])
+def test_under_torchrun_with_two_processes(tmp_path, single, strategy):
     launcher = (str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "parcourse")
-    ddp = train_and_load(tmp_path, "torchrun", "--strategy", "ddp", launcher=launcher)
-    assert_same_parameters(ddp, single)
+    result = train_and_load(tmp_path, "torchrun", "--strategy", strategy,
+                            *OPTIMIZERS["sgd"], launcher=launcher)
+    assert_same_parameters(result, single["sgd"])
 
 
 def test_metrics_and_summary(tmp_path):
