@@ -1,8 +1,9 @@
 """Command line: ``python -m parcourse train --strategy ... --workers K ...``.
 
-Runs standalone (it starts its own workers) and unchanged under
-``torchrun --standalone --nproc-per-node K -m parcourse train ...``, where torchrun
-starts the workers and ``--workers`` defaults to its ``WORLD_SIZE``. Only rank 0 prints
+Runs standalone (it starts its own workers) and unchanged under an external launcher:
+``torchrun --standalone --nproc-per-node K -m parcourse train --strategy ddp ...`` or
+``horovodrun -np K -H localhost:K --gloo python -m parcourse train --strategy horovod``,
+where ``--workers`` defaults to the launcher's number of processes. Only rank 0 prints
 and saves. Invalid options exit with code 2 and a one-line message.
 """
 
@@ -15,7 +16,8 @@ import sys
 from dataclasses import fields
 
 from . import launch
-from .train import DATASETS, OPTIMIZERS, STRATEGIES, ConfigError, TrainConfig, train
+from .errors import ConfigError, MissingDependencyError
+from .train import DATASETS, OPTIMIZERS, STRATEGIES, TrainConfig, train
 from .models import MODELS
 
 
@@ -26,8 +28,16 @@ class _Parser(argparse.ArgumentParser):
         _fail(f"{self.prog}: error: {message} (see --help)")
 
 
+def _launcher_rank_and_size() -> tuple[int, int]:
+    """This process's rank and the number of processes, as torchrun or horovodrun set them."""
+    for rank, size in (("RANK", "WORLD_SIZE"), ("HOROVOD_RANK", "HOROVOD_SIZE")):
+        if rank in os.environ and size in os.environ:
+            return int(os.environ[rank]), int(os.environ[size])
+    return 0, 1
+
+
 def _fail(message: str):
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _launcher_rank_and_size()[0] == 0:
         print(message, file=sys.stderr)
     sys.exit(2)
 
@@ -59,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=defaults.seed,
                    help="seed of the initial weights and of the batch order (default: %(default)s)")
     t.add_argument("--workers", type=int, default=None, metavar="K",
-                   help="number of workers (default: 1, or WORLD_SIZE under torchrun)")
+                   help="number of workers (default: 1, or the number of processes that "
+                        "torchrun or horovodrun started)")
     t.add_argument("--backend", default=defaults.backend, metavar="NAME",
                    help=f"{', '.join(launch.BACKENDS)}: auto takes nccl with one GPU per "
                         f"worker, else gloo on CPU (default: %(default)s)")
@@ -68,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "native (the backend's own, gloo or NCCL) (default: %(default)s)")
     t.add_argument("--bucket-kb", type=float, default=defaults.bucket_kb, metavar="KIB",
                    help="dp-bucketed: gradient bucket size in KiB (default: %(default)s)")
+    t.add_argument("--accumulation", type=int, default=defaults.accumulation, metavar="M",
+                   help="single: accumulate gradients over M micro-batches per step "
+                        "(default: %(default)s)")
+    t.add_argument("--fp16-allreduce", action="store_true",
+                   help="horovod: compress gradients to float16 on the wire")
     t.add_argument("--timeout", type=float, default=defaults.timeout, metavar="SECONDS",
                    help="stop the workers if they have not finished by then (default: %(default)s)")
     t.add_argument("--save", metavar="FILE",
@@ -79,19 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    workers = args.workers
-    if workers is None:
-        workers = int(os.environ["WORLD_SIZE"]) if launch.under_torchrun() else 1
+    rank, launched = _launcher_rank_and_size()
+    workers = launched if args.workers is None else args.workers
     options = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     config = TrainConfig(**{**options, "workers": workers})
-    if launch.under_torchrun() and config.strategy == "single" and int(os.environ["WORLD_SIZE"]) > 1:
+    if config.strategy == "single" and launched > 1:
         _fail(f"python -m parcourse train: error: --strategy single runs on one worker, but "
-              f"torchrun started {os.environ['WORLD_SIZE']}: use a data-parallel strategy")
+              f"{launched} processes were started: use a data-parallel strategy")
     try:
         result = train(config)
-    except ConfigError as err:
+    except (ConfigError, MissingDependencyError) as err:
         _fail(f"python -m parcourse train: error: {err}")
-    if int(os.environ.get("RANK", "0")) != 0:
+    if rank != 0:
         return 0
     if args.save:
         import torch

@@ -16,6 +16,8 @@ Strategies:
 * ``dp-manual`` and ``dp-bucketed`` — the same algorithm written out in
   :mod:`parcourse.data_parallel` with the all-reduce of :mod:`parcourse.collectives`
   (``allreduce`` picks naive, ring, tree or the backend's own); uneven shards allowed.
+* ``horovod`` — Horovod's ``DistributedOptimizer`` (:mod:`parcourse.horovod_dp`), started
+  with ``horovod.run`` or under ``horovodrun``; ``fp16_allreduce`` compresses gradients.
 """
 
 from __future__ import annotations
@@ -30,14 +32,11 @@ from torch import nn
 
 from . import collectives, data_parallel, launch
 from . import data as datasets
+from .errors import ConfigError
 from .models import MODELS, build_model
 
 OPTIMIZERS = ("sgd", "adam")
 DATASETS = ("digits", "mnist")
-
-
-class ConfigError(ValueError):
-    """A training option is invalid; the message names the option and what to change."""
 
 
 @dataclass
@@ -56,6 +55,8 @@ class TrainConfig:
     backend: str = "auto"
     allreduce: str = "ring"         # dp-manual, dp-bucketed: which all-reduce
     bucket_kb: float = 1024.0       # dp-bucketed: bucket size in KiB
+    fp16_allreduce: bool = False    # horovod: send gradients as float16
+    accumulation: int = 1           # single: micro-batches per step (gradient accumulation)
     timeout: float = 600.0
     quiet: bool = False
 
@@ -100,15 +101,15 @@ def validate(config: TrainConfig) -> None:
     check(config.workers >= 1, f"--workers must be at least 1 (got {config.workers})")
     if config.strategy == "single":
         check(config.workers == 1, f"--strategy single runs on one worker (got --workers "
-                                   f"{config.workers}): use a data-parallel strategy (ddp, dp-manual, "
-                                   f"dp-bucketed) for several")
+                                   f"{config.workers}): use a data-parallel strategy "
+                                   f"({', '.join(list(STRATEGIES)[1:])}) for several")
     else:
         k, b = config.workers, config.batch_size
         check(b >= k, f"--batch-size {b} is smaller than --workers {k}: each worker "
                       f"needs at least one sample, so use --batch-size of at least {k}")
-        check(b % k == 0 or config.strategy != "ddp",
-              f"--batch-size {b} cannot be split evenly over --workers {k}, which ddp "
-              f"needs: use a multiple of {k}, e.g. {b - b % k or k} or {b - b % k + k}, or "
+        check(b % k == 0 or config.strategy not in AVERAGING,
+              f"--batch-size {b} cannot be split evenly over --workers {k}, which "
+              f"{config.strategy} needs: use a multiple of {k}, e.g. {b - b % k or k} or {b - b % k + k}, or "
               f"--strategy dp-manual, which weights uneven shards")
         if config.backend == "nccl":
             try:
@@ -120,6 +121,13 @@ def validate(config: TrainConfig) -> None:
     check(config.allreduce in allreduces,
           f"unknown --allreduce {config.allreduce!r}: choose one of {', '.join(allreduces)}")
     check(config.bucket_kb > 0, f"--bucket-kb must be positive (got {config.bucket_kb})")
+    check(config.accumulation >= 1,
+          f"--accumulation must be at least 1 (got {config.accumulation})")
+    check(config.accumulation == 1 or config.strategy == "single",
+          f"--accumulation works with --strategy single (got --strategy {config.strategy})")
+    check(config.accumulation <= config.batch_size,
+          f"--accumulation {config.accumulation} is larger than --batch-size "
+          f"{config.batch_size}: each micro-batch needs at least one sample")
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -142,17 +150,22 @@ def _progress(config: TrainConfig, enabled: bool):
                 disable=config.quiet or not enabled, leave=True)
 
 
-def _fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
-         device: torch.device, rank: int = 0, world_size: int = 1,
-         sync=None) -> tuple[list, float]:
+def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
+        device: torch.device, rank: int = 0, world_size: int = 1, sync=None,
+        optimizer: torch.optim.Optimizer | None = None,
+        sum_over_workers=dist.all_reduce) -> tuple[list, float]:
     """The training loop shared by every strategy, run by each worker on its shard.
 
     Worker k back-propagates its local mean loss, times B_k/B when ``sync`` (a gradient
     all-reduce of :mod:`parcourse.data_parallel`) sums the gradients afterwards; DDP
-    averages them itself. Returns the mean loss over the *global* batch of every step
-    (summed over workers once, at the end) and the loop's wall time.
+    averages them itself. With ``config.accumulation = m`` the (single) worker cuts its
+    batch into m micro-batches and back-propagates each one's mean loss times its share
+    of the batch: the accumulated gradient is the full batch's. Returns the mean loss over the *global* batch of every step
+    (summed over workers once, at the end, with ``sum_over_workers``) and the loop's wall
+    time. ``optimizer`` defaults to ``config.optimizer`` over ``model.parameters()``.
     """
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+    if optimizer is None:
+        optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
     n = len(dataset.train_y)
     share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
     losses = torch.zeros(config.steps, dtype=torch.float64)
@@ -161,23 +174,28 @@ def _fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
     for step in range(config.steps):
         indices = datasets.global_batch(n, config.batch_size, step, config.seed)
         mine = datasets.shard(indices, rank, world_size)
-        x, y = dataset.train_x[mine].to(device), dataset.train_y[mine].to(device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        (loss * share if sync is not None and world_size > 1 else loss).backward()
+        optimizer.zero_grad()  # frees the gradients (set_to_none, the default)
+        local_loss = 0.0
+        for micro in range(config.accumulation):
+            part = datasets.shard(mine, micro, config.accumulation)
+            x, y = dataset.train_x[part].to(device), dataset.train_y[part].to(device)
+            loss = F.cross_entropy(model(x), y)
+            weight = len(part) / len(mine) * (share if sync is not None else 1.0)
+            (loss * weight if weight != 1.0 else loss).backward()
+            local_loss += loss.item() * len(part) / len(mine)
         if sync is not None:
             sync.finish()
         optimizer.step()
-        losses[step] = loss.item() * share
+        losses[step] = local_loss * share
         bar.update(1)
         if step % 10 == 0 or step == config.steps - 1:
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss.item():.4f}",
+            bar.set_postfix(loss=f"{local_loss:.4f}",
                             samples_per_s=f"{(step + 1) * config.batch_size / elapsed:,.0f}")
     seconds = time.perf_counter() - start
     bar.close()
     if world_size > 1:
-        dist.all_reduce(losses)
+        sum_over_workers(losses)
     return losses.tolist(), seconds
 
 
@@ -199,7 +217,7 @@ def train_single(config: TrainConfig) -> TrainResult:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = datasets.load_dataset(config.dataset, seed=config.seed)
     model = build_model(config.model, seed=config.seed).to(device)
-    losses, seconds = _fit(model, config, dataset, device)
+    losses, seconds = fit(model, config, dataset, device)
     return TrainResult(config, _cpu_state(model), losses, seconds,
                        accuracy(model, dataset.test_x, dataset.test_y, device))
 
@@ -222,7 +240,7 @@ def data_parallel_worker(rank: int, world_size: int, config: TrainConfig) -> Tra
     dataset = datasets.load_dataset(config.dataset, seed=config.seed)
     model = build_model(config.model, seed=config.seed).to(device)
     replica, sync = _replicate(model, config, device)
-    losses, seconds = _fit(replica, config, dataset, device, rank, world_size, sync)
+    losses, seconds = fit(replica, config, dataset, device, rank, world_size, sync)
     if rank != 0:
         return None
     return TrainResult(config, _cpu_state(model), losses, seconds,
@@ -239,5 +257,14 @@ def train_data_parallel(config: TrainConfig) -> TrainResult:
     return results[0]
 
 
+def train_horovod(config: TrainConfig) -> TrainResult:
+    """Data parallelism with Horovod (see :mod:`parcourse.horovod_dp`)."""
+    from .horovod_dp import train_horovod as run_horovod
+
+    return run_horovod(config, fp16=config.fp16_allreduce)
+
+
 STRATEGIES = {"single": train_single, "ddp": train_data_parallel,
-              "dp-manual": train_data_parallel, "dp-bucketed": train_data_parallel}
+              "dp-manual": train_data_parallel, "dp-bucketed": train_data_parallel,
+              "horovod": train_horovod}
+AVERAGING = ("ddp", "horovod")  # they average K local means, so they need equal shards

@@ -76,7 +76,7 @@ def test_requirements_never_pin_torch_exactly():
 def test_book_builds_with_warnings_as_errors():
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     done = subprocess.run([str(jupyter_book), "build", str(ROOT), "--warningiserror",
-                           "--nitpicky", "--keep-going"],
+                           "--nitpick", "--keep-going"],
                           capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     index = (ROOT / "_build/html/book/intro.html").read_text()

@@ -56,12 +56,34 @@ def single(tmp_path_factory):
     ("dp-manual", 4, "sgd", ["--allreduce", "naive"]),
     ("dp-bucketed", 2, "adam", ["--allreduce", "ring", "--bucket-kb", "16"]),
     ("dp-bucketed", 3, "sgd", ["--allreduce", "native", "--bucket-kb", "4"]),
+    ("horovod", 2, "sgd", []),
+    ("horovod", 2, "adam", []),
+    ("single", 1, "adam", ["--accumulation", "4"]),     # gradient accumulation: 8 × 4
+    ("single", 1, "sgd", ["--accumulation", "3"]),      # uneven micro-batches: 11, 11, 10
 ])
 def test_data_parallel_matches_single(tmp_path, single, strategy, workers, optimizer, extra):
     result = train_and_load(tmp_path, strategy, "--strategy", strategy, "--workers",
                             str(workers), *OPTIMIZERS[optimizer], *extra)
     assert list(result) == ["1.weight", "1.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
     assert_same_parameters(result, single[optimizer])
+
+
+def test_under_horovodrun_with_two_processes(tmp_path, single):
+    launcher = (str(TORCHRUN.with_name("horovodrun")), "-np", "2", "-H", "localhost:2", "--gloo",
+                sys.executable, "-m", "parcourse")
+    result = train_and_load(tmp_path, "horovodrun", "--strategy", "horovod",
+                            *OPTIMIZERS["sgd"], launcher=launcher)
+    assert_same_parameters(result, single["sgd"])
+
+
+def test_horovod_fp16_compression_changes_the_result_a_little(tmp_path, single):
+    result = train_and_load(tmp_path, "fp16", "--strategy", "horovod", "--workers", "2",
+                            "--fp16-allreduce", *OPTIMIZERS["sgd"])
+    reference = single["sgd"]
+    relative = max(((result[k] - reference[k]).norm() / reference[k].norm()).item()
+                   for k in reference)
+    print(f"fp16 gradient compression: largest relative parameter change {relative:.2e}")
+    assert 0 < relative < 1e-3  # float16 keeps 11 significant bits: 2^-11 ≈ 4.9e-4
 
 
 def test_bucketed_reports_communication_and_overlap(tmp_path):
@@ -124,12 +146,18 @@ ERR = "python -m parcourse train: error: "
     (["--steps", "-1"], ERR + "--steps must be at least 1 (got -1)"),
     (["--lr", "0"], ERR + "--lr must be positive (got 0.0)"),
     (["--strategy", "magic"], ERR + "unknown --strategy 'magic': choose one of single, ddp, "
-                                   "dp-manual, dp-bucketed"),
+                                   "dp-manual, dp-bucketed, horovod"),
     (["--model", "resnet"], ERR + "unknown --model 'resnet': choose one of simple, complex"),
     (["--optimizer", "lamb"], ERR + "unknown --optimizer 'lamb': choose one of sgd, adam"),
     (["--strategy", "single", "--workers", "2"],
      ERR + "--strategy single runs on one worker (got --workers 2): use a data-parallel "
-           "strategy (ddp, dp-manual, dp-bucketed) for several"),
+           "strategy (ddp, dp-manual, dp-bucketed, horovod) for several"),
+    (["--accumulation", "0"], ERR + "--accumulation must be at least 1 (got 0)"),
+    (["--strategy", "ddp", "--workers", "2", "--accumulation", "2"],
+     ERR + "--accumulation works with --strategy single (got --strategy ddp)"),
+    (["--batch-size", "4", "--accumulation", "8"],
+     ERR + "--accumulation 8 is larger than --batch-size 4: each micro-batch needs at least "
+           "one sample"),
     (["--strategy", "ddp", "--workers", "3", "--batch-size", "10"],
      ERR + "--batch-size 10 cannot be split evenly over --workers 3, which ddp needs: use a "
            "multiple of 3, e.g. 9 or 12, or --strategy dp-manual, which weights uneven shards"),
