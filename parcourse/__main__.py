@@ -17,7 +17,7 @@ from dataclasses import fields
 
 from . import launch
 from .errors import ConfigError, MissingDependencyError
-from .train import DATASETS, OPTIMIZERS, STRATEGIES, TrainConfig, train
+from .train import DATASETS, OPTIMIZERS, STRATEGIES, TrainConfig, train, validate
 from .models import MODELS
 
 
@@ -91,7 +91,52 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--metrics", metavar="FILE",
                    help="write the per-step losses and timings as JSON")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    b = commands.add_parser("bench", help="benchmarks that print tables",
+                            description="Benchmarks: they print tables and ratios measured "
+                                        "side by side in one run; nothing is asserted.")
+    b.add_argument("what", choices=("allreduce", "dp"),
+                   help="allreduce: bus bandwidth of each all-reduce against gloo's; "
+                        "dp: training throughput of the data-parallel strategies against DDP")
+    b.add_argument("--workers", type=int, nargs="+", default=None, metavar="K",
+                   help="numbers of workers (default: allreduce 2 4, dp 2)")
+    b.add_argument("--max-mb", type=float, default=64, metavar="MB",
+                   help="allreduce: largest message in MiB (default: %(default)s)")
+    b.add_argument("--horovod", action="store_true",
+                   help="allreduce: include Horovod's all-reduce")
+    b.add_argument("--steps", type=int, default=200, help="dp: steps per run (default: %(default)s)")
+    b.add_argument("--batch-size", type=int, default=256, metavar="B",
+                   help="dp: global batch (default: %(default)s)")
+    b.add_argument("--model", default="simple", metavar="NAME",
+                   help="dp: model to train (default: %(default)s)")
     return parser
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from . import bench_allreduce, bench_training, env
+
+    print(f"# {env.describe()}")
+    if args.what == "allreduce":
+        largest = int(args.max_mb * (1 << 20))
+        sizes = [s for s in bench_allreduce.DEFAULT_SIZES if s <= largest]
+        ab = bench_allreduce.measure_alpha_beta()
+        print(f"# point-to-point fit (ping-pong between 2 processes): {ab}")
+        print(f"# memory copy bandwidth (the ceiling on one machine): "
+              f"{bench_allreduce.memcpy_bandwidth() / 1e9:.2f} GB/s")
+        rows = bench_allreduce.run_allreduce_benchmark(tuple(args.workers or (2, 4)), sizes,
+                                                       horovod=args.horovod)
+        print(bench_allreduce.format_table(rows))
+    else:
+        for k in args.workers or (2,):
+            base = TrainConfig(strategy="ddp", workers=k, steps=args.steps,
+                               batch_size=args.batch_size, model=args.model)
+            try:
+                validate(base)
+            except ConfigError as err:
+                _fail(f"python -m parcourse bench: error: {err}")
+            print(f"# K = {k}, {args.model} model, global batch {args.batch_size}, "
+                  f"{args.steps} steps, best of 3 interleaved rounds")
+            print(bench_training.format_rows(bench_training.compare_strategies(base=base)))
+    return 0
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -130,7 +175,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"train": train_command}[args.command](args)
+    return {"train": train_command, "bench": bench_command}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -23,21 +23,7 @@ import torch
 import torch.distributed as dist
 
 from . import launch
-
-
-def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """``[start, end)`` of worker ``rank``'s contiguous shard of ``n`` items.
-
-    The first ``n mod K`` shards get ``⌈n/K⌉`` items, the others ``⌊n/K⌋``; the shards
-    cover ``0 … n-1`` exactly once, in order.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 ≤ rank < world_size, got rank {rank} of {world_size}")
-    if n < 0:
-        raise ValueError(f"n must be ≥ 0, got {n}")
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
+from .data import shard_bounds
 
 
 def shard(x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:

@@ -126,16 +126,21 @@ def memcpy_bandwidth(nbytes: int = 64 << 20, repeats: int = 10) -> float:
 
 
 def run_allreduce_benchmark(world_sizes=(2, 4), sizes=None, implementations=IMPLEMENTATIONS,
-                            timeout: float = 1200) -> list[dict]:
-    """One row per (K, size, implementation): seconds, bus bandwidth, ratio to gloo."""
+                            horovod: bool = False, timeout: float = 1200) -> list[dict]:
+    """One row per (K, size, implementation): seconds, bus bandwidth, ratio to gloo.
+
+    ``horovod=True`` adds Horovod's all-reduce (over Gloo, in its own processes).
+    """
     sizes = sizes or DEFAULT_SIZES
     rows = []
     for k in world_sizes:
         timings = launch.run(allreduce_worker, k, args=(sizes, tuple(implementations)),
                              backend="gloo", timeout=timeout, verbose=False)[0]
+        if horovod:
+            timings.update(run_horovod_allreduce(k, sizes))
         for nbytes in sizes:
             gloo = timings.get(("gloo", nbytes))
-            for implementation in implementations:
+            for implementation in (*implementations, *(("horovod",) if horovod else ())):
                 seconds = timings[(implementation, nbytes)]
                 rows.append({"world_size": k, "bytes": nbytes, "implementation": implementation,
                              "seconds": seconds,
@@ -167,3 +172,33 @@ def _human(nbytes: int) -> str:
             return f"{nbytes:g} {unit}"
         nbytes /= 1024
     return str(nbytes)
+
+
+def horovod_allreduce_worker(sizes: list[int]) -> dict:
+    """Median seconds of ``hvd.allreduce`` (sum) per size, in a horovod.run process."""
+    import horovod.torch as hvd
+
+    hvd.init()
+    timings = {}
+    for nbytes in sizes:
+        tensor = torch.ones(nbytes // 4, dtype=torch.float32)
+        samples = []
+        for repeat in range(_repeats_for(nbytes) + 1):
+            hvd.allreduce(torch.zeros(1), name="barrier")
+            start = time.perf_counter()
+            hvd.allreduce(tensor, op=hvd.Sum, name=f"t{nbytes}")
+            elapsed = hvd.allreduce(torch.tensor([time.perf_counter() - start]), op=hvd.Max,
+                                    name="elapsed")
+            if repeat:
+                samples.append(elapsed.item())
+        timings[("horovod", nbytes)] = statistics.median(samples)
+    hvd.shutdown()
+    return timings
+
+
+def run_horovod_allreduce(world_size: int, sizes: list[int]) -> dict:
+    """Horovod's all-reduce timings on ``world_size`` local processes over Gloo."""
+    import horovod
+
+    return horovod.run(horovod_allreduce_worker, args=(sizes,), np=world_size,
+                       hosts=f"localhost:{world_size}", use_gloo=True, verbose=0)[0]

@@ -157,17 +157,32 @@ def global_batch(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Ten
     return torch.cat(parts)
 
 
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[start, end)`` of worker ``rank``'s contiguous shard of ``n`` items.
+
+    The first ``n mod K`` shards get ``⌈n/K⌉`` items, the others ``⌊n/K⌋``; the shards
+    cover ``0 … n-1`` exactly once, in order.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 ≤ rank < world_size, got rank {rank} of {world_size}")
+    if n < 0:
+        raise ValueError(f"n must be ≥ 0, got {n}")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
 def shard_sizes(batch_size: int, world_size: int) -> list[int]:
-    """B_k for k = 0…K−1: as even as possible, the first B mod K shards one larger."""
+    """B_k for k = 0…K−1 of a global batch: every worker gets at least one sample."""
     if batch_size < world_size:
         raise ValueError(f"a batch of {batch_size} cannot give each of {world_size} workers "
                          f"a sample: use a batch of at least {world_size}")
-    base, extra = divmod(batch_size, world_size)
-    return [base + (k < extra) for k in range(world_size)]
+    return [end - start for start, end in
+            (shard_bounds(batch_size, k, world_size) for k in range(world_size))]
 
 
 def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """Worker ``rank``'s contiguous shard of a global batch (sizes from :func:`shard_sizes`)."""
-    sizes = shard_sizes(len(indices), world_size)
-    start = sum(sizes[:rank])
-    return indices[start:start + sizes[rank]]
+    shard_sizes(len(indices), world_size)  # refuses a batch smaller than the workers
+    start, end = shard_bounds(len(indices), rank, world_size)
+    return indices[start:end]
