@@ -1,7 +1,8 @@
 """All-reduce benchmark and the α–β fit: ``python -m parcourse bench allreduce`` (chapter 3).
 
 Every timing is the median over repeats of one all-reduce, each started after a barrier
-so that all ranks begin together; the time of a repeat is the slowest rank's.
+so that all ranks begin together; the time of a repeat is the slowest rank's, and the
+implementations take turns within each repeat.
 Bus bandwidth (see :func:`parcourse.collectives.bus_bandwidth`) makes sizes and K
 comparable; this machine's memory-copy bandwidth is printed as the physical ceiling
 (on one machine, gloo's "network" is shared memory and loopback TCP).
@@ -41,21 +42,26 @@ def _repeats_for(nbytes: int) -> int:
 
 def allreduce_worker(rank: int, world_size: int, sizes: list[int],
                      implementations: tuple[str, ...]) -> dict:
-    """Median seconds per all-reduce for every (implementation, size in bytes)."""
+    """Median seconds per all-reduce for every (implementation, size in bytes).
+
+    The implementations take turns within every repeat, so that a busy machine slows
+    them alike and their ratios stay meaningful.
+    """
     timings = {}
     for nbytes in sizes:
         tensor = torch.ones(nbytes // 4, dtype=torch.float32)
-        for implementation in implementations:
-            samples = []
-            for repeat in range(_repeats_for(nbytes) + 1):  # the first run warms up
+        samples: dict = {implementation: [] for implementation in implementations}
+        for repeat in range(_repeats_for(nbytes) + 1):  # the first round warms up
+            for implementation in implementations:
                 dist.barrier()
                 start = time.perf_counter()
                 _run_once(implementation, tensor)
                 elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
                 dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
                 if repeat:
-                    samples.append(elapsed.item())
-            timings[(implementation, nbytes)] = statistics.median(samples)
+                    samples[implementation].append(elapsed.item())
+        for implementation in implementations:
+            timings[(implementation, nbytes)] = statistics.median(samples[implementation])
     return timings
 
 
