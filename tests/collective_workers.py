@@ -35,3 +35,19 @@ def non_contiguous(rank, world_size):
     view = base.t()  # not contiguous
     collectives.ring_all_reduce(view)
     return base
+
+
+def compare_cases(rank, world_size, cases):
+    """For (numel, dtype name, seed) cases: max |ours − dist.all_reduce| per algorithm."""
+    errors = []
+    for numel, dtype_name, seed in cases:
+        dtype = getattr(torch, dtype_name)
+        data = torch.randn(numel, generator=torch.Generator().manual_seed(seed + rank),
+                           dtype=dtype)
+        expected = data.clone()
+        dist.all_reduce(expected)
+        for algorithm in collectives.ALGORITHMS:
+            ours = collectives.all_reduce(data.clone(), algorithm)
+            errors.append((algorithm, numel, dtype_name,
+                           (ours - expected).abs().max().item() if numel else 0.0))
+    return errors
