@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save the final state_dict (plain key names) with torch.save")
     t.add_argument("--metrics", metavar="FILE",
                    help="write the per-step losses and timings as JSON")
+    t.add_argument("--checkpoint", metavar="FILE",
+                   help="where checkpoints go (written atomically: a crash mid-write "
+                        "leaves the previous one intact)")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="save a checkpoint every N steps (default: never)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint if it exists (else start at step 0); "
+                        "safe to pass on every start, e.g. under torchrun --max-restarts")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     b = commands.add_parser("bench", help="benchmarks that print tables",
                             description="Benchmarks: they print tables and ratios measured "

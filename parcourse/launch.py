@@ -317,7 +317,8 @@ def _run_here_under_torchrun(fn: Callable, world_size: int, args: tuple, backend
     torch.set_num_threads(threads_per_worker(local_world))
     created = not dist.is_initialized()
     if created:
-        dist.init_process_group(chosen, timeout=timedelta(seconds=timeout))
+        dist.init_process_group(chosen, store=_torchrun_store(timeout), rank=int(os.environ["RANK"]),
+                                world_size=env_world, timeout=timedelta(seconds=timeout))
     try:
         result = fn(dist.get_rank(), world_size, *args)
         gathered: list = [None] * world_size
@@ -326,3 +327,18 @@ def _run_here_under_torchrun(fn: Callable, world_size: int, args: tuple, backend
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def _torchrun_store(timeout: float) -> dist.Store:
+    """The rendezvous store of this torchrun attempt, under a prefix of its own.
+
+    After ``torchrun --max-restarts`` restarts the workers, the store still holds the
+    addresses the killed attempt's workers published; without a per-attempt prefix the
+    new workers can read those and wait for a dead peer (connection refused).
+    """
+    use_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          is_master=not use_agent_store and os.environ["RANK"] == "0",
+                          timeout=timedelta(seconds=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"parcourse/attempt-{attempt}", store)

@@ -22,15 +22,16 @@ Strategies:
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import collectives, data_parallel, launch
+from . import checkpoint, collectives, data_parallel, launch
 from . import data as datasets
 from .errors import ConfigError
 from .models import MODELS, build_model
@@ -57,6 +58,9 @@ class TrainConfig:
     bucket_kb: float = 1024.0       # dp-bucketed: bucket size in KiB
     fp16_allreduce: bool = False    # horovod: send gradients as float16
     accumulation: int = 1           # single: micro-batches per step (gradient accumulation)
+    checkpoint: str | None = None   # file for checkpoints (see parcourse.checkpoint)
+    checkpoint_every: int = 0       # save every N steps (0: never)
+    resume: bool = False            # continue from the checkpoint if it exists
     timeout: float = 600.0
     quiet: bool = False
 
@@ -125,6 +129,10 @@ def validate(config: TrainConfig) -> None:
           f"--accumulation must be at least 1 (got {config.accumulation})")
     check(config.accumulation == 1 or config.strategy == "single",
           f"--accumulation works with --strategy single (got --strategy {config.strategy})")
+    check(config.checkpoint_every >= 0,
+          f"--checkpoint-every must be 0 (never) or more (got {config.checkpoint_every})")
+    check(config.checkpoint is not None or not (config.checkpoint_every or config.resume),
+          "--checkpoint-every and --resume need --checkpoint FILE: say where checkpoints go")
     check(config.accumulation <= config.batch_size,
           f"--accumulation {config.accumulation} is larger than --batch-size "
           f"{config.batch_size}: each micro-batch needs at least one sample")
@@ -133,7 +141,16 @@ def validate(config: TrainConfig) -> None:
 def train(config: TrainConfig) -> TrainResult:
     """Validate ``config`` and train with its strategy."""
     validate(config)
+    if _resumable(config):
+        problem = checkpoint.compatible(torch.load(config.checkpoint, weights_only=False),
+                                        asdict(config))
+        if problem:
+            raise ConfigError(f"--resume cannot continue from {config.checkpoint}: {problem}")
     return STRATEGIES[config.strategy](config)
+
+
+def _resumable(config: TrainConfig) -> bool:
+    return bool(config.resume and config.checkpoint and os.path.exists(config.checkpoint))
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -143,10 +160,10 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr)
 
 
-def _progress(config: TrainConfig, enabled: bool):
+def _progress(config: TrainConfig, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=config.steps, desc=config.strategy, unit="step",
+    return tqdm(total=config.steps, initial=initial, desc=config.strategy, unit="step",
                 disable=config.quiet or not enabled, leave=True)
 
 
@@ -169,9 +186,10 @@ def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
     n = len(dataset.train_y)
     share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
     losses = torch.zeros(config.steps, dtype=torch.float64)
-    bar = _progress(config, enabled=rank == 0)
+    first_step = _restore(config, getattr(model, "module", model), optimizer, losses, rank)
+    bar = _progress(config, enabled=rank == 0, initial=first_step)
     start = time.perf_counter()
-    for step in range(config.steps):
+    for step in range(first_step, config.steps):
         indices = datasets.global_batch(n, config.batch_size, step, config.seed)
         mine = datasets.shard(indices, rank, world_size)
         optimizer.zero_grad()  # frees the gradients (set_to_none, the default)
@@ -187,6 +205,9 @@ def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
             sync.finish()
         optimizer.step()
         losses[step] = local_loss * share
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+            _save(config, getattr(model, "module", model), optimizer, losses, step + 1,
+                  rank, world_size, sum_over_workers)
         bar.update(1)
         if step % 10 == 0 or step == config.steps - 1:
             elapsed = time.perf_counter() - start
@@ -197,6 +218,36 @@ def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
     if world_size > 1:
         sum_over_workers(losses)
     return losses.tolist(), seconds
+
+
+def _restore(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+             losses: torch.Tensor, rank: int) -> int:
+    """Load the checkpoint when resuming; return the step to continue from (0 if none).
+
+    Every worker loads the same file; rank 0 alone keeps the global losses so far, which
+    the final sum over workers then leaves unchanged.
+    """
+    if not _resumable(config):
+        return 0
+    saved = checkpoint.load(config.checkpoint)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if rank == 0:
+        losses[:saved["next_step"]] = torch.tensor(saved["losses"], dtype=losses.dtype)
+    return saved["next_step"]
+
+
+def _save(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+          losses: torch.Tensor, next_step: int, rank: int, world_size: int,
+          sum_over_workers) -> None:
+    """Rank 0 writes a checkpoint at a step boundary, with the global losses so far."""
+    so_far = losses[:next_step].clone()
+    if world_size > 1:
+        sum_over_workers(so_far)
+    if rank == 0:
+        checkpoint.save(config.checkpoint, model_state=model.state_dict(),
+                        optimizer_state=optimizer.state_dict(), next_step=next_step,
+                        losses=so_far.tolist(), config=asdict(config))
 
 
 @torch.no_grad()

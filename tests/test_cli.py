@@ -153,6 +153,10 @@ ERR = "python -m parcourse train: error: "
      ERR + "--strategy single runs on one worker (got --workers 2): use a data-parallel "
            "strategy (ddp, dp-manual, dp-bucketed, horovod) for several"),
     (["--accumulation", "0"], ERR + "--accumulation must be at least 1 (got 0)"),
+    (["--checkpoint-every", "-1", "--checkpoint", "c.pt"],
+     ERR + "--checkpoint-every must be 0 (never) or more (got -1)"),
+    (["--resume"], ERR + "--checkpoint-every and --resume need --checkpoint FILE: say where "
+                         "checkpoints go"),
     (["--strategy", "ddp", "--workers", "2", "--accumulation", "2"],
      ERR + "--accumulation works with --strategy single (got --strategy ddp)"),
     (["--batch-size", "4", "--accumulation", "8"],

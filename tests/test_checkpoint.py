@@ -1,0 +1,155 @@
+"""Checkpoints: atomic on disk, and a resumed (or restarted) run ends where an
+uninterrupted one does."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from parcourse import checkpoint
+from parcourse.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+BASE = TrainConfig(steps=20, batch_size=32, optimizer="adam", lr=0.002, seed=5, quiet=True)
+
+
+def config(**changes):
+    return TrainConfig(**{**vars(BASE), **changes})
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    path = str(tmp_path / "ck.pt")
+    full = train(BASE)
+    train(config(steps=10, checkpoint=path, checkpoint_every=4))  # saved at steps 4 and 8
+    assert checkpoint.load(path)["next_step"] == 8
+    resumed = train(config(checkpoint=path, resume=True))
+    assert resumed.losses == pytest.approx(full.losses, rel=0, abs=0)
+    for key, value in full.state_dict.items():
+        assert torch.equal(resumed.state_dict[key], value), key
+
+
+def test_resume_with_more_workers_continues_the_same_computation(tmp_path):
+    path = str(tmp_path / "ck.pt")
+    full = train(BASE)
+    train(config(steps=10, checkpoint=path, checkpoint_every=10))
+    resumed = train(config(strategy="dp-manual", workers=2, checkpoint=path, resume=True))
+    for key, value in full.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_without_a_checkpoint_starts_at_step_zero(tmp_path):
+    result = train(config(steps=3, checkpoint=str(tmp_path / "none.pt"), resume=True))
+    assert len(result.losses) == 3
+
+
+def test_an_incompatible_checkpoint_is_refused(tmp_path):
+    path = str(tmp_path / "ck.pt")
+    train(config(steps=4, checkpoint=path, checkpoint_every=2))
+    with pytest.raises(ValueError, match=r"--resume cannot continue from .*ck.pt: it was "
+                                         r"written with batch_size=32, this run has "
+                                         r"batch_size=16"):
+        train(config(batch_size=16, checkpoint=path, resume=True))
+    with pytest.raises(ValueError, match="it is already at step 4, past --steps 3"):
+        train(config(steps=3, checkpoint=path, resume=True))
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    state = {"w": torch.ones(3)}
+    checkpoint.save(path, model_state=state, optimizer_state={}, next_step=1, losses=[1.0],
+                    config={})
+
+    def crash_mid_write(payload, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, model_state=state, optimizer_state={}, next_step=2,
+                        losses=[1.0, 0.5], config={})
+    monkeypatch.undo()
+    assert checkpoint.load(path)["next_step"] == 1
+
+
+def test_a_process_killed_while_writing_never_leaves_a_torn_checkpoint(tmp_path):
+    path = tmp_path / "ck.pt"
+    writer = textwrap.dedent(f"""
+        import torch
+        from parcourse import checkpoint
+        big = {{"w": torch.randn(4_000_000)}}  # 16 MB: each write takes a while
+        for step in range(1, 10_000):
+            checkpoint.save({str(path)!r}, model_state=big, optimizer_state={{}},
+                            next_step=step, losses=[], config={{}})
+    """)
+    killed_mid_write = 0
+    for delay in (0.05, 0.13, 0.21, 0.34, 0.55):
+        before = path.stat().st_mtime_ns if path.exists() else None
+        process = subprocess.Popen([sys.executable, "-c", writer])
+        deadline = time.monotonic() + 60
+        while not path.exists() or path.stat().st_mtime_ns == before:  # writing has begun
+            assert time.monotonic() < deadline, "the writer never wrote a checkpoint"
+            time.sleep(0.01)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        strays = list(tmp_path.glob("ck.pt.tmp-*"))
+        killed_mid_write += bool(strays)
+        saved = checkpoint.load(path)  # never torn: the old or the new checkpoint
+        assert saved["next_step"] >= 1 and saved["model"]["w"].numel() == 4_000_000
+        for stray in strays:
+            stray.unlink()
+    assert killed_mid_write >= 1  # the kills did land in the middle of writes
+
+
+def _kill_one_worker_when(path: Path, step: int, torchrun: subprocess.Popen) -> int:
+    """Wait until the checkpoint has passed ``step``, then SIGKILL one training worker."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                if checkpoint.load(path)["next_step"] >= step:
+                    break
+            except Exception:  # pragma: no cover - being replaced right now
+                pass
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the run never reached the step to kill it at")
+    workers = [p for p in psutil.Process(torchrun.pid).children()
+               if "parcourse" in " ".join(p.cmdline())]
+    assert len(workers) == 2, workers
+    victim = workers[-1]
+    victim.send_signal(signal.SIGKILL)
+    return victim.pid
+
+
+def test_torchrun_restarts_a_killed_worker_from_the_checkpoint(tmp_path):
+    ck, out, reference = tmp_path / "ck.pt", tmp_path / "out.pt", tmp_path / "ref.pt"
+    args = ["train", "--strategy", "ddp", "--model", "complex", "--steps", "400",
+            "--batch-size", "64", "--seed", "2", "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "parcourse", *args, "--workers", "2",
+                           "--save", str(reference)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    torchrun = subprocess.Popen(
+        [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
+         "-m", "parcourse", *args, "--checkpoint", str(ck), "--checkpoint-every", "10",
+         "--resume", "--save", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _kill_one_worker_when(ck, 40, torchrun)
+        stdout, stderr = torchrun.communicate(timeout=300)
+    finally:
+        torchrun.kill()
+    assert torchrun.returncode == 0, stderr[-3000:]
+    assert "failed (exitcode: -9)" in stderr  # a worker died, and yet the job succeeded
+    restarted, uninterrupted = torch.load(out), torch.load(reference)
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(restarted[key], value, rtol=1e-5, atol=1e-6, msg=key)
