@@ -15,7 +15,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: book test venv clean
+.PHONY: book test venv clean browser
 
 venv: $(STAMP)
 
@@ -29,8 +29,15 @@ $(STAMP): pyproject.toml requirements.txt requirements-dev.txt scripts/install-h
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# The real-browser test drives Debian's Chromium (never a downloaded browser). As root
+# with apt-get it is installed here; elsewhere install it yourself, or that test skips.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: no chromium, and no root to install it: the browser test will skip"
 
 clean:
 	rm -rf _build

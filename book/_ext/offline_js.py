@@ -1,0 +1,68 @@
+"""Serve the JavaScript of the book's interactive figures from the site itself.
+
+The static twin of every :func:`parcourse.widgets.explore` figure draws with plotly.js.
+At build time this Sphinx extension copies ``plotly.min.js`` out of the installed
+``plotly`` Python package into the site's ``_static/`` folder and loads it on each page
+that holds such a figure, so the site works offline and no JavaScript file is kept in
+git. It also sets ``PARCOURSE_FIGURES=static`` in the build's environment: the notebook
+kernels that the build starts inherit it, and ``explore`` then emits the static twin
+instead of live ipywidgets.
+
+plotly.js hides from an AMD loader (require.js, which myst-nb adds to pages with
+ipywidgets state): some of its bundles register as an anonymous AMD module when
+``define.amd`` exists, and then no global ``Plotly`` is defined. The two inline scripts
+around it put ``define`` aside while it loads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from sphinx.errors import ExtensionError
+
+PLOTLY_JS = "plotly.min.js"
+FIGURE_MARKER = 'class="parcourse-explore"'  # what parcourse.widgets writes into a page
+HIDE_AMD = ('if (typeof window.define === "function" && window.define.amd) '
+            '{ window.parcourseDefine = window.define; window.define = undefined; }')
+RESTORE_AMD = ('if (window.parcourseDefine) '
+               '{ window.define = window.parcourseDefine; delete window.parcourseDefine; }')
+
+
+def plotly_js() -> Path:
+    """The ``plotly.min.js`` bundled with the installed ``plotly`` package."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or spec.origin is None:
+        raise ExtensionError("the book's interactive figures need the plotly package: "
+                             "pip install -r requirements-dev.txt")
+    path = Path(spec.origin).parent / "package_data" / PLOTLY_JS
+    if not path.is_file():
+        raise ExtensionError(f"the plotly package has no {PLOTLY_JS} at {path}")
+    return path
+
+
+def copy_plotly_js(app) -> None:
+    """Copy plotly.min.js into the HTML output's ``_static/`` folder."""
+    if app.builder.format == "html":
+        static = Path(app.outdir) / "_static"
+        static.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plotly_js(), static / PLOTLY_JS)
+
+
+def load_on_figure_pages(app, pagename, templatename, context, doctree) -> None:
+    """Load plotly.js (with AMD put aside) on each page that holds an interactive figure."""
+    if FIGURE_MARKER in context.get("body", ""):
+        app.add_js_file(None, body=HIDE_AMD, priority=190)
+        app.add_js_file(PLOTLY_JS, priority=200)  # before myst-nb's require.js (500)
+        app.add_js_file(None, body=RESTORE_AMD, priority=210)
+
+
+def setup(app):
+    """Register the extension: static figures in executed notebooks, plotly.js served locally."""
+    os.environ["PARCOURSE_FIGURES"] = "static"
+    plotly_js()  # fail at start, not after executing every notebook
+    app.connect("builder-inited", copy_plotly_js)
+    app.connect("html-page-context", load_on_figure_pages)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,188 @@
+"""Tests of parcourse.widgets (one function, two fronts) and the book's offline_js extension."""
+
+import html
+import itertools
+import json
+import re
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib
+import pytest
+
+from parcourse import widgets
+
+matplotlib.use("Agg")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
+import offline_js  # noqa: E402  (the book's Sphinx extension)
+
+GRID = {"K": [1, 2, 4], "B": [16, 64]}
+
+
+def curves(K, B):
+    """A small figure whose data tells which parameters produced it."""
+    return {"time": ([1, 2, 3], [K * B, K + B, K / B]),
+            "ideal": widgets.Series([1, 3], [K, K], mode="markers", dash="dot")}
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    """What explore displays, instead of sending it to a notebook frontend."""
+    objects = []
+    monkeypatch.setattr(widgets, "display", objects.append)
+    return objects
+
+
+def embedded_spec(page: str) -> dict:
+    match = re.search(r'<script type="application/json" class="parcourse-explore-data">'
+                      r'(.*?)</script>', page, re.S)
+    return json.loads(match.group(1))
+
+
+def test_static_figure_evaluates_every_grid_point_exactly_once(shown):
+    calls = []
+    widgets.explore(lambda **p: calls.append(p) or curves(**p), GRID, title="t",
+                    x_label="x", y_label="y", static=True)
+    expected = [{"K": k, "B": b} for k, b in itertools.product(GRID["K"], GRID["B"])]
+    assert sorted(calls, key=lambda p: (p["K"], p["B"])) == expected
+    assert len(calls) == 6
+
+
+def test_static_figure_embeds_every_points_data_and_one_slider_per_parameter(shown):
+    widgets.explore(curves, GRID, title="Time <per> step", x_label="K", y_label="s",
+                    log_x=2, log_y=True, initial={"K": 2}, static=True)
+    page = shown[0].data
+    spec = embedded_spec(page)
+    assert spec["params"] == ["K", "B"]
+    assert spec["labels"] == {"K": ["1", "2", "4"], "B": ["16", "64"]}
+    assert len(spec["points"]) == 6
+    for (i, k), (j, b) in itertools.product(enumerate(GRID["K"]), enumerate(GRID["B"])):
+        time, ideal = spec["points"][f"{i},{j}"]
+        assert time == {"name": "time", "x": [1, 2, 3], "mode": "lines", "dash": "solid",
+                        "y": pytest.approx([k * b, k + b, k / b], rel=1e-6)}
+        assert ideal == {"name": "ideal", "x": [1, 3], "y": [k, k], "mode": "markers",
+                         "dash": "dot"}
+    assert spec["layout"]["title"]["text"] == "Time <per> step"
+    assert spec["layout"]["yaxis"]["type"] == "log" and "dtick" not in spec["layout"]["yaxis"]
+    assert spec["layout"]["xaxis"]["dtick"] == pytest.approx(0.30103, rel=1e-5)  # log10 2
+    sliders = re.findall(r'<input type="range" min="0" max="(\d+)" step="1" value="(\d+)" '
+                         r'data-param="(\w+)"', page)
+    assert sliders == [("2", "1", "K"), ("1", "0", "B")]  # K starts at 2, its index 1
+    assert "Plotly.react" in page and page.count('id="parcourse-explore-') == 1
+
+
+def test_static_figure_escapes_html_in_its_data(shown):
+    widgets.explore(lambda n: {"</script><b>": ([n], [n])}, {"n": [1]}, title="t",
+                    x_label="x", y_label="y", static=True)
+    page = shown[0].data
+    assert page.count("</script>") == 2  # the data block's and the script's own
+    assert embedded_spec(page)["points"]["0"][0]["name"] == "</script><b>"
+
+
+def test_non_finite_values_become_gaps():
+    [trace] = widgets._curves({"s": ([1, 2, 3], [1.0, float("nan"), float("inf")])})
+    assert trace["y"] == [1.0, None, None]
+
+
+def test_a_grid_above_the_limit_raises_a_clear_error_before_any_evaluation(shown):
+    calls = []
+    big = {"K": list(range(1, 26)), "B": list(range(1, 26))}  # 625 points
+    with pytest.raises(ValueError, match=r"625 points \(25 K × 25 B\), more than the 500"):
+        widgets.explore(lambda **p: calls.append(p), big, title="t", x_label="x",
+                        y_label="y", static=True)
+    assert calls == [] and shown == []
+
+
+@pytest.mark.parametrize("grid, initial, message", [
+    ({}, None, "the grid is empty"),
+    ({"K": []}, None, "parameter 'K' has no values"),
+    ({"not a name": [1]}, None, "must be Python identifiers"),
+    ({"K": [1, 2]}, {"K": 3}, "initial value 3 of 'K' is not one of"),
+    ({"K": [1, 2]}, {"B": 1}, "not in the grid"),
+])
+def test_bad_grids_are_refused(grid, initial, message):
+    with pytest.raises(ValueError, match=message):
+        widgets.explore(curves, grid, initial=initial, title="t", x_label="x", y_label="y",
+                        static=True)
+
+
+def test_bad_results_of_fn_are_refused(shown):
+    for result, message in [({}, "non-empty dict"), ({"s": ([1, 2], [1])}, "2 x values"),
+                            ({"s": widgets.Series([1], [1], mode="bars")}, "mode must be")]:
+        with pytest.raises(ValueError, match=message):
+            widgets.explore(lambda K: result, {"K": [1]}, title="t", x_label="x",
+                            y_label="y", static=True)
+
+
+def test_live_control_calls_fn_with_the_sliders_values(shown):
+    calls = []
+    widgets.explore(lambda **p: calls.append(p) or curves(**p), GRID, title="t",
+                    x_label="x", y_label="y", log_x=2, initial={"B": 64}, static=False)
+    first_plot, control = shown[:2]  # outside a kernel the plot is not captured by the Output
+    assert calls == [{"K": 1, "B": 64}]  # drawn once at the initial values, not the grid
+    sliders = {s.description: s for s in control.children[0].children}
+    assert [(s.options, s.value) for s in sliders.values()] == [
+        ((("1", 1), ("2", 2), ("4", 4)), 1), ((("16", 16), ("64", 64)), 64)]
+    assert [line.get_label() for line in first_plot.axes[0].lines] == ["time", "ideal"]
+    assert first_plot.axes[0].xaxis.get_transform().base == 2
+
+    sliders["K"].value = 4
+    sliders["B"].value = 16
+    assert calls[1:] == [{"K": 4, "B": 64}, {"K": 4, "B": 16}]
+    last_plot = shown[-1]
+    assert list(last_plot.axes[0].lines[0].get_ydata()) == [64, 20, 0.25]
+    assert last_plot.axes[0].lines[1].get_linestyle() == "None"  # markers only
+
+
+def test_the_environment_variable_picks_the_front(shown, monkeypatch):
+    monkeypatch.setenv(widgets.ENV_VAR, "static")
+    widgets.explore(curves, GRID, title="t", x_label="x", y_label="y")
+    monkeypatch.delenv(widgets.ENV_VAR)
+    widgets.explore(curves, GRID, title="t", x_label="x", y_label="y")
+    assert "parcourse-explore" in shown[0].data
+    assert type(shown[-1]).__name__ == "VBox"
+
+
+# --- the book's Sphinx extension -----------------------------------------------------
+
+def test_extension_copies_plotly_js_from_the_installed_package(tmp_path):
+    app = SimpleNamespace(builder=SimpleNamespace(format="html"), outdir=str(tmp_path))
+    offline_js.copy_plotly_js(app)
+    copied = tmp_path / "_static" / "plotly.min.js"
+    assert copied.read_bytes() == offline_js.plotly_js().read_bytes()
+    assert b"Plotly" in copied.read_bytes()[:2000]
+
+
+def test_extension_loads_plotly_only_on_pages_with_a_figure():
+    added = []
+    app = SimpleNamespace(add_js_file=lambda name, **kw: added.append((name, kw)))
+    offline_js.load_on_figure_pages(app, "plain", "page.html", {"body": "<p>text</p>"}, None)
+    assert added == []
+    offline_js.load_on_figure_pages(app, "fig", "page.html",
+                                    {"body": '<div class="parcourse-explore" id="x">'}, None)
+    assert [name for name, _ in added] == [None, "plotly.min.js", None]
+    priorities = [kw["priority"] for _, kw in added]
+    assert priorities == sorted(priorities) and priorities[1] < 500  # before require.js
+    assert "define.amd" in added[0][1]["body"]
+
+
+def test_extension_in_a_sphinx_build(tmp_path, monkeypatch):
+    from sphinx.cmd.build import build_main
+
+    monkeypatch.setenv(widgets.ENV_VAR, "live")  # and restored after the test
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "conf.py").write_text('extensions = ["offline_js"]\n')
+    (src / "index.rst").write_text("Figure\n======\n\n.. toctree::\n\n   plain\n\n"
+                                   ".. raw:: html\n\n   <div class=\"parcourse-explore\"></div>\n")
+    (src / "plain.rst").write_text("Plain\n=====\n\nNo figure.\n")
+    assert build_main(["-q", "-W", "-b", "html", str(src), str(out)]) == 0
+    assert (out / "_static" / "plotly.min.js").is_file()
+    index, plain = (out / "index.html").read_text(), (out / "plain.html").read_text()
+    hide, load = index.index("window.parcourseDefine = "), index.index("_static/plotly.min.js")
+    assert hide < load < index.index("delete window.parcourseDefine")
+    assert "plotly.min.js" not in plain
+    assert widgets.os.environ[widgets.ENV_VAR] == "static"  # for the notebooks it executes
+    assert html.unescape(index).count("parcourse-explore") >= 1
