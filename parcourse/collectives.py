@@ -143,12 +143,38 @@ def tree_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
 ALL_REDUCE = {"naive": naive_all_reduce, "ring": ring_all_reduce, "tree": tree_all_reduce}
 
 
-def all_reduce(tensor: torch.Tensor, algorithm: str = "ring") -> torch.Tensor:
-    """Sum ``tensor`` over all ranks in place with the named algorithm."""
+def all_reduce(tensor: torch.Tensor, algorithm: str = "ring", check: bool = True) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place with the named algorithm.
+
+    With ``check`` (the default), the ranks first compare their tensors' sizes and dtypes
+    in one small all-gather, and all raise the same ValueError on a mismatch — which
+    would otherwise deadlock or corrupt memory. Benchmarks pass ``check=False``.
+    """
     if algorithm not in ALL_REDUCE:
         raise ValueError(f"unknown all-reduce algorithm {algorithm!r}: "
                          f"choose one of {', '.join(ALGORITHMS)}")
+    if check:
+        check_same_tensor_everywhere(tensor)
     return ALL_REDUCE[algorithm](tensor)
+
+
+_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8,
+           torch.uint8, torch.int16, torch.int32, torch.int64]
+
+
+def check_same_tensor_everywhere(tensor: torch.Tensor) -> None:
+    """Raise ValueError on every rank unless all ranks hold tensors of one size and dtype."""
+    code = _DTYPES.index(tensor.dtype) if tensor.dtype in _DTYPES else -1
+    mine = torch.tensor([tensor.numel(), code], dtype=torch.int64, device=tensor.device)
+    everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    seen = [(int(numel), int(dtype)) for numel, dtype in (t.tolist() for t in everyone)]
+    if len(set(seen)) > 1:
+        described = "; ".join(
+            f"rank {r}: {numel} elements of {_DTYPES[dtype] if dtype >= 0 else 'another dtype'}"
+            for r, (numel, dtype) in enumerate(seen))
+        raise ValueError(f"all-reduce needs a tensor of the same size and dtype on every "
+                         f"rank, but got {described}")
 
 
 def predicted_seconds(algorithm: str, nbytes: float, world_size: int, alpha: float,

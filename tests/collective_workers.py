@@ -51,3 +51,15 @@ def compare_cases(rank, world_size, cases):
             errors.append((algorithm, numel, dtype_name,
                            (ours - expected).abs().max().item() if numel else 0.0))
     return errors
+
+
+def mismatched(rank, world_size, kind):
+    if kind == "size":
+        tensor = torch.ones(10 + rank)
+    else:
+        tensor = torch.ones(10, dtype=torch.float64 if rank else torch.float32)
+    try:
+        collectives.all_reduce(tensor, "ring")
+    except ValueError as err:
+        return str(err)
+    return "no error"

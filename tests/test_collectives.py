@@ -56,3 +56,14 @@ def test_cost_model_formulas(k):
 def test_bus_bandwidth():
     assert collectives.bus_bandwidth(1e6, 1e-3, 2) == pytest.approx(1e9)
     assert collectives.bus_bandwidth(1e6, 1e-3, 4) == pytest.approx(1.5e9)
+
+
+@pytest.mark.parametrize("kind, described", [
+    ("size", "rank 0: 10 elements of torch.float32; rank 1: 11 elements of torch.float32"),
+    ("dtype", "rank 0: 10 elements of torch.float32; rank 1: 10 elements of torch.float64"),
+])
+def test_mismatched_tensors_are_detected_on_every_rank_not_deadlocked(kind, described):
+    messages = launch.run(w.mismatched, 2, args=(kind,), timeout=60, verbose=False)
+    expected = ("all-reduce needs a tensor of the same size and dtype on every rank, but "
+                f"got {described}")
+    assert messages == [expected, expected]
