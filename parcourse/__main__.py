@@ -159,6 +159,9 @@ def train_command(args: argparse.Namespace) -> int:
         result = train(config)
     except (ConfigError, MissingDependencyError) as err:
         _fail(f"python -m parcourse train: error: {err}")
+    except (launch.WorkerError, launch.WorkerTimeout) as err:
+        print(f"python -m parcourse train: failed: {err}", file=sys.stderr)
+        return 1
     if rank != 0:
         return 0
     if args.save:

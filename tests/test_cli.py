@@ -7,6 +7,7 @@ parameters agree to rounding error; we require |Δ| ≤ 1e-6 + 1e-5·|reference|
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,33 @@ def test_nccl_without_enough_gpus_is_refused():
     assert done.stderr.startswith(f"{ERR}--backend nccl needs one GPU per worker, but 2 workers "
                                   f"were asked for and {gpus} GPU")
     assert "use --backend gloo to run the workers as CPU processes" in done.stderr
+
+
+def test_a_killed_worker_is_reported_with_its_rank_and_nothing_is_left(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    run = subprocess.Popen([sys.executable, "-m", "parcourse", "train", "--strategy", "ddp",
+                            "--workers", "2", "--model", "complex", "--steps", "100000",
+                            "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    workers = []
+    while len(workers) < 2:
+        assert time.monotonic() < deadline, "workers did not start"
+        workers = [p for p in psutil.Process(run.pid).children()
+                   if "multiprocessing.spawn" in " ".join(p.cmdline())]
+        time.sleep(0.1)
+    time.sleep(3)  # let training begin
+    victim = workers[1]
+    victim.send_signal(signal.SIGKILL)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 1
+    assert re.search(r"python -m parcourse train: failed: worker rank [01] of 2 was killed by "
+                     r"signal SIGKILL before returning a result", stderr), stderr[-2000:]
+    assert not any(psutil.pid_exists(p.pid) and p.status() != psutil.STATUS_ZOMBIE
+                   for p in workers)
+    again = parcourse("train", "--strategy", "ddp", "--workers", "2", "--steps", "3", "--quiet")
+    assert again.returncode == 0, again.stderr  # and the next run works
