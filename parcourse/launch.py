@@ -107,6 +107,10 @@ def choose_backend(world_size: int, backend: str = "auto", gpus: int | None = No
     if backend == "gloo":
         return "gloo", "gloo was asked for"
     if backend == "nccl":
+        if gpus == 0:
+            raise ValueError("backend='nccl' needs one GPU per worker, but no CUDA GPU is "
+                             "available; use backend='gloo' to run the workers as CPU "
+                             "processes")
         if world_size > gpus:
             raise ValueError(
                 f"backend='nccl' needs one GPU per worker, but {_count(world_size, 'worker')} "
@@ -132,11 +136,11 @@ def run(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
     if under_torchrun():
         return _run_here_under_torchrun(fn, world_size, args, backend, timeout)
     chosen, reason = choose_backend(world_size, backend)
+    _check_importable(fn, args)
     if verbose and backend == "auto":
         where = "GPU processes with nccl" if chosen == "nccl" else "CPU processes with gloo"
         print(f"parcourse.launch: {_count(world_size, 'worker')} as {where} ({reason})",
               flush=True)
-    _check_importable(fn, args)
     return _spawn(fn, world_size, args, chosen, timeout)
 
 
@@ -150,7 +154,8 @@ def _check_importable(fn: Callable, args: tuple) -> None:
     try:
         pickle.dumps((fn, args))
     except Exception as err:
-        raise TypeError(f"workers cannot receive {fn!r} and its arguments: they must be "
+        raise TypeError(f"workers cannot receive {getattr(fn, '__qualname__', fn)!r} and its "
+                        f"arguments: they must be "
                         f"picklable (a module-level function, not a lambda or closure): "
                         f"{err}") from None
 

@@ -7,6 +7,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from parcourse.launch_faults import hang_on_rank_zero, kill_rank_one, raise_on_rank_one  # noqa: F401
+
 
 def rank_sum(rank, world_size, offset=0):
     x = torch.tensor([float(rank)])
@@ -16,27 +18,6 @@ def rank_sum(rank, world_size, offset=0):
 
 def thread_count(rank, world_size):
     return torch.get_num_threads()
-
-
-def raise_on_rank_one(rank, world_size):
-    if rank == 1:
-        raise ValueError("boom from rank 1")
-    dist.barrier()  # rank 0 waits for a peer that never comes
-    return rank
-
-
-def kill_rank_one(rank, world_size):
-    if rank == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-    dist.barrier()
-    return rank
-
-
-def hang_on_rank_zero(rank, world_size):
-    if rank == 0:
-        time.sleep(3600)
-    dist.barrier()
-    return rank
 
 
 def report_pid_then_hang(rank, world_size, folder):

@@ -13,7 +13,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
-CHAPTERS = [entry["file"] for part in TOC["parts"] for entry in part["chapters"]]
+PAGES = [entry["file"] for part in TOC["parts"] for entry in part["chapters"]]
+PARTS = {part["caption"]: [entry["file"] for entry in part["chapters"]] for part in TOC["parts"]}
 NOTEBOOKS = sorted(ROOT.glob("book/**/*.ipynb"))
 
 SEED_SECTIONS = [  # number, English title, the source document's Chinese title
@@ -45,9 +46,9 @@ def title_of(path: Path) -> str:
 
 
 def test_toc_has_the_preface_then_the_nine_chapters_in_order():
-    assert CHAPTERS[0] == "book/preface"
-    chapters = CHAPTERS[1:]
-    assert len(chapters) == 9
+    assert PAGES[0] == "book/preface"
+    chapters = PARTS["Chapters"]
+    assert PAGES[1:10] == chapters and len(chapters) == 9
     for path, (number, english, chinese) in zip(chapters, SEED_SECTIONS):
         notebook = ROOT / f"{path}.ipynb"
         assert notebook.exists(), notebook
@@ -80,6 +81,6 @@ def test_book_builds_with_warnings_as_errors():
                           capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     index = (ROOT / "_build/html/book/intro.html").read_text()
-    for path in CHAPTERS:
+    for path in PAGES:
         assert f'href="{Path(path).relative_to("book")}.html"' in index or \
                f'{Path(path).name}.html' in index, path

@@ -179,6 +179,14 @@ def test_nccl_with_more_workers_than_gpus_is_a_clear_error():
         "at most 1 worker")
 
 
+def test_nccl_without_any_gpu_says_so():
+    with pytest.raises(ValueError) as info:
+        launch.choose_backend(2, "nccl", gpus=0)
+    assert str(info.value) == ("backend='nccl' needs one GPU per worker, but no CUDA GPU is "
+                               "available; use backend='gloo' to run the workers as CPU "
+                               "processes")
+
+
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown backend 'mpi': choose one of auto, gloo, nccl"):
         launch.run(w.rank_sum, 2, backend="mpi")
