@@ -206,5 +206,5 @@ def run_horovod_allreduce(world_size: int, sizes: list[int]) -> dict:
     """Horovod's all-reduce timings on ``world_size`` local processes over Gloo."""
     import horovod
 
-    return horovod.run(horovod_allreduce_worker, args=(sizes,), np=world_size,
+    return horovod.run(horovod_allreduce_worker, args=(sizes,), num_proc=world_size,
                        hosts=f"localhost:{world_size}", use_gloo=True, verbose=0)[0]

@@ -109,7 +109,7 @@ def train_horovod(config, fp16: bool = False):
         return horovod_worker(config, fp16)
     import horovod
 
-    results = horovod.run(horovod_worker, args=(config, fp16), np=config.workers,
+    results = horovod.run(horovod_worker, args=(config, fp16), num_proc=config.workers,
                           hosts=f"localhost:{config.workers}", use_gloo=True,
                           verbose=0)
     return results[0]

@@ -1,0 +1,118 @@
+"""Horovod's optimizer-state broadcast on a fresh Adam, measured (chapter 5).
+
+``hvd.broadcast_optimizer_state(optimizer, root_rank=0)`` copies rank 0's optimizer
+state to every rank. A fresh optimizer has no state yet, so Horovod 0.28.1 first creates
+one: it sets every gradient to zero and runs one ``step()``. For Adam that step changes
+no parameter (its moments stay zero), but it sets the step counter to 1. Every later
+update then uses the bias correction of step t + 1 instead of t; the first real update,
+for example, is ``sqrt(1 + β2) / (1 + β1)`` ≈ 0.744 of what it should be (β = 0.9, 0.999).
+The training still works — it just no longer computes what one process computes.
+
+:func:`first_update_ratio` shows the mechanism in plain PyTorch (no Horovod needed);
+:func:`measure_broadcast_pitfall` shows it in real Horovod processes: the step counter
+after the call, and the parameters after training with and without the call, to compare
+with the single-process run. :mod:`parcourse.horovod_dp` therefore calls
+``broadcast_optimizer_state`` only when there is state to copy (a resumed run).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import data as datasets
+from .models import build_model
+
+
+def first_update_ratio(betas: tuple[float, float] = (0.9, 0.999), lr: float = 1e-3,
+                       size: int = 1000, seed: int = 0) -> dict:
+    """Adam's first real update after a zero-gradient step, relative to a fresh Adam's.
+
+    Plain PyTorch: the zero-gradient step is exactly what ``broadcast_optimizer_state``
+    runs on a fresh optimizer. Returns the measured ratio of update sizes (the median over
+    ``size`` coordinates), the predicted ``sqrt(1 + β2) / (1 + β1)``, the step counter
+    after the zero step, and how much the zero step moved the parameters.
+    """
+    gradient = torch.randn(size, generator=torch.Generator().manual_seed(seed))
+
+    def first_update(zero_step_first: bool) -> tuple[torch.Tensor, float, float]:
+        p = torch.zeros(size, requires_grad=True)
+        optimizer = torch.optim.Adam([p], lr=lr, betas=betas)
+        counter, moved = 0.0, 0.0
+        if zero_step_first:
+            p.grad = torch.zeros_like(p)
+            optimizer.step()
+            counter = float(optimizer.state[p]["step"])
+            moved = p.detach().abs().max().item()
+        start = p.detach().clone()
+        p.grad = gradient.clone()
+        optimizer.step()
+        return p.detach() - start, counter, moved
+
+    fresh, _, _ = first_update(False)
+    shifted, counter, moved = first_update(True)
+    beta1, beta2 = betas
+    return {"measured": (shifted / fresh).median().item(),
+            "predicted": math.sqrt(1 + beta2) / (1 + beta1),
+            "step_after_zero_step": counter,
+            "parameter_change_of_zero_step": moved}
+
+
+def _train(config, broadcast_state: bool):
+    """One Horovod training of ``config`` (as in parcourse.horovod_dp), optionally calling
+    ``hvd.broadcast_optimizer_state`` on the fresh optimizer first; rank 0's results."""
+    import horovod.torch as hvd
+
+    from .train import _cpu_state, fit, make_optimizer
+
+    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
+    model = build_model(config.model, seed=config.seed)
+    optimizer = hvd.DistributedOptimizer(
+        make_optimizer(config.optimizer, model.parameters(), config.lr),
+        named_parameters=model.named_parameters(), op=hvd.Average)
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    before = _cpu_state(model)
+    counters: list[float] = []
+    if broadcast_state:
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        counters = [float(s["step"]) for s in optimizer.state.values() if "step" in s]
+    moved = max((model.state_dict()[k] - v).abs().max().item() for k, v in before.items())
+
+    def sum_over_workers(tensor: torch.Tensor) -> None:
+        tensor.copy_(hvd.allreduce(tensor, op=hvd.Sum, name="losses"))
+
+    losses, _ = fit(model, config, dataset, torch.device("cpu"), hvd.rank(), hvd.size(),
+                    optimizer=optimizer, sum_over_workers=sum_over_workers)
+    return {"state_dict": _cpu_state(model), "losses": losses,
+            "step_counters_after_broadcast": counters,
+            "parameter_change_of_broadcast": moved}
+
+
+def broadcast_pitfall_worker(config) -> dict | None:
+    """A Horovod process: train ``config`` without, then with, the broadcast of the fresh
+    optimizer's state (both on CPU); rank 0 returns both results."""
+    import horovod.torch as hvd
+
+    from .launch import threads_per_worker
+
+    hvd.init()
+    torch.set_num_threads(threads_per_worker(hvd.local_size()))
+    results = {"without": _train(config, broadcast_state=False),
+               "with": _train(config, broadcast_state=True)}
+    rank = hvd.rank()
+    hvd.shutdown()
+    return results if rank == 0 else None
+
+
+def measure_broadcast_pitfall(config) -> dict:
+    """Run :func:`broadcast_pitfall_worker` on ``config.workers`` local Horovod processes
+    (``horovod.run`` over Gloo); return rank 0's ``{"without": ..., "with": ...}``."""
+    from .horovod_dp import require_horovod
+
+    require_horovod()
+    import horovod
+
+    results = horovod.run(broadcast_pitfall_worker, args=(config,), num_proc=config.workers,
+                          hosts=f"localhost:{config.workers}", use_gloo=True, verbose=0)
+    return results[0]
