@@ -20,9 +20,9 @@ With a latency α per message and a time β per byte, sending n bytes costs α +
 =========  =================================  ==========================
 algorithm  time for n bytes on K ranks        bytes sent by the busiest
 =========  =================================  ==========================
-naive      2(K−1)·(α + nβ)                     2(K−1)·n (rank 0)
-ring       2(K−1)·α + 2(K−1)/K · nβ            2(K−1)/K · n
-tree       2⌈log₂K⌉·(α + nβ)                   2⌈log₂K⌉·n
+naive      2(K−1)·(α + nβ)                     (K−1)·n (rank 0)
+ring       2(K−1)·α + 2(K−1)/K · nβ            2(K−1)/K · n (every rank)
+tree       2⌈log₂K⌉·(α + nβ)                   ⌈log₂K⌉·n (rank 0)
 =========  =================================  ==========================
 
 (Thakur, Rabenseifner & Gropp, 2005). :func:`predicted_seconds` evaluates these.
