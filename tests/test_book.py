@@ -62,6 +62,7 @@ def test_notebook_starts_with_the_install_cell_and_stores_no_outputs(notebook):
     nb = json.loads(notebook.read_text())
     first = nb["cells"][0]
     assert first["cell_type"] == "code" and "".join(first["source"]) == install_cell()
+    assert "remove-cell" in first["metadata"].get("tags", [])  # shown on Colab, not on the site
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
@@ -80,6 +81,10 @@ def test_book_builds_with_warnings_as_errors():
                            "--nitpick", "--keep-going"],
                           capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    chapter = (ROOT / "_build/html/book/03_algorithms/algorithms.html").read_text()
+    assert "_static/mathjax/tex-mml-chtml.js" in chapter  # formulas render offline
+    assert "cdn.jsdelivr.net/npm/mathjax" not in chapter
+    assert (ROOT / "_build/html/_static/mathjax/tex-mml-chtml.js").is_file()
     index = (ROOT / "_build/html/book/intro.html").read_text()
     for path in PAGES:
         assert f'href="{Path(path).relative_to("book")}.html"' in index or \

@@ -8,6 +8,10 @@ git. It also sets ``PARCOURSE_FIGURES=static`` in the build's environment: the n
 kernels that the build starts inherit it, and ``explore`` then emits the static twin
 instead of live ipywidgets.
 
+MathJax, which renders the book's formulas, is served the same way: its ES5 build and
+fonts come from the ``django-static-mathjax`` package (MathJax 3 as plain static files,
+no Django needed) and ``mathjax_path`` points at the local copy instead of a CDN.
+
 plotly.js hides from an AMD loader (require.js, which myst-nb adds to pages with
 ipywidgets state): some of its bundles register as an anonymous AMD module when
 ``define.amd`` exists, and then no global ``Plotly`` is defined. The two inline scripts
@@ -59,10 +63,41 @@ def load_on_figure_pages(app, pagename, templatename, context, doctree) -> None:
         app.add_js_file(None, body=RESTORE_AMD, priority=210)
 
 
+MATHJAX_SCRIPT = "tex-mml-chtml.js"
+
+
+def mathjax_es5() -> Path:
+    """The folder of MathJax 3's ES5 build (script and fonts) in the installed package."""
+    spec = importlib.util.find_spec("mathjax")
+    folder = None
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(spec.submodule_search_locations[0]) / "static" / "mathjax" / "es5"
+    if folder is None or not (folder / MATHJAX_SCRIPT).is_file():
+        raise ExtensionError("the book's formulas need MathJax served locally: "
+                             "pip install -r requirements-dev.txt (django-static-mathjax)")
+    return folder
+
+
+def use_local_mathjax(app, config) -> None:
+    """Point Sphinx's MathJax at the copy in ``_static/mathjax`` instead of a CDN."""
+    config.mathjax_path = f"mathjax/{MATHJAX_SCRIPT}"
+
+
+def copy_mathjax(app) -> None:
+    """Copy MathJax's ES5 build into the HTML output's ``_static/mathjax`` folder."""
+    if app.builder.format == "html":
+        shutil.copytree(mathjax_es5(), Path(app.outdir) / "_static" / "mathjax",
+                        dirs_exist_ok=True)
+
+
 def setup(app):
-    """Register the extension: static figures in executed notebooks, plotly.js served locally."""
+    """Register the extension: static figures in executed notebooks, plotly.js and MathJax
+    served locally."""
     os.environ["PARCOURSE_FIGURES"] = "static"
     plotly_js()  # fail at start, not after executing every notebook
+    mathjax_es5()
+    app.connect("config-inited", use_local_mathjax)
     app.connect("builder-inited", copy_plotly_js)
+    app.connect("builder-inited", copy_mathjax)
     app.connect("html-page-context", load_on_figure_pages)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
