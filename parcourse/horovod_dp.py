@@ -12,8 +12,11 @@ four things the source document's code leaves out, and this module does:
    optimizer state — needed after resuming from a checkpoint, and harmful before the
    first step: given an empty state, Horovod 0.28.1 first runs a step with zero
    gradients to create one, which for Adam counts as step 1 and changes the bias
-   correction of every later step (the book measures the difference). So it is called
-   only when there is state to copy;
+   correction of every later step (the book measures the difference). Here every rank
+   starts from the same empty state, or (with ``--resume``) loads the same checkpoint
+   inside :func:`parcourse.train.fit`, so nothing needs copying and the call is made only
+   for an optimizer that already holds state — as in a program that restores its
+   checkpoint on rank 0 alone;
 3. each worker trains on its own shard of every global batch (``hvd.rank()``);
 4. the learning rate: with a fixed *global* batch B split over K workers (what this book
    does, so that results match one worker) the averaged gradient is the full-batch
@@ -86,7 +89,7 @@ def horovod_worker(config, fp16: bool = False):
         optimizer, named_parameters=model.named_parameters(), op=hvd.Average,
         compression=hvd.Compression.fp16 if fp16 else hvd.Compression.none)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    if optimizer.state_dict()["state"]:  # resumed: replicas must share rank 0's state
+    if optimizer.state_dict()["state"]:  # only state that exists is copied (see above)
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
     def sum_over_workers(tensor: torch.Tensor) -> None:

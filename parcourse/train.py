@@ -125,6 +125,8 @@ def validate(config: TrainConfig) -> None:
     check(config.allreduce in allreduces,
           f"unknown --allreduce {config.allreduce!r}: choose one of {', '.join(allreduces)}")
     check(config.bucket_kb > 0, f"--bucket-kb must be positive (got {config.bucket_kb})")
+    check(not config.fp16_allreduce or config.strategy == "horovod",
+          f"--fp16-allreduce works with --strategy horovod (got --strategy {config.strategy})")
     check(config.accumulation >= 1,
           f"--accumulation must be at least 1 (got {config.accumulation})")
     check(config.accumulation == 1 or config.strategy == "single",

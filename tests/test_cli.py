@@ -154,6 +154,8 @@ ERR = "python -m parcourse train: error: "
      ERR + "--strategy single runs on one worker (got --workers 2): use a data-parallel "
            "strategy (ddp, dp-manual, dp-bucketed, horovod) for several"),
     (["--accumulation", "0"], ERR + "--accumulation must be at least 1 (got 0)"),
+    (["--strategy", "ddp", "--workers", "2", "--fp16-allreduce"],
+     ERR + "--fp16-allreduce works with --strategy horovod (got --strategy ddp)"),
     (["--checkpoint-every", "-1", "--checkpoint", "c.pt"],
      ERR + "--checkpoint-every must be 0 (never) or more (got -1)"),
     (["--resume"], ERR + "--checkpoint-every and --resume need --checkpoint FILE: say where "
