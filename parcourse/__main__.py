@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from . import launch
 from .errors import ConfigError, MissingDependencyError
@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--accumulation", type=int, default=defaults.accumulation, metavar="M",
                    help="single: accumulate gradients over M micro-batches per step "
                         "(default: %(default)s)")
+    t.add_argument("--stages", type=int, default=defaults.stages, metavar="P",
+                   help="pipeline-gpipe, pipeline-1f1b: one stage per worker (the default); "
+                        "dp-pp: stages per replica, --workers / P replicas (default: 2)")
+    t.add_argument("--microbatches", type=int, default=defaults.microbatches, metavar="M",
+                   help="pipelines: micro-batches per step; 1 is the naive layer split "
+                        "(default: %(default)s)")
+    t.add_argument("--partition", default=defaults.partition, metavar="HOW",
+                   help="pipelines: where to cut the model: 'parameters' (balance parameter "
+                        "counts), 'time' (balance measured layer times) or cut points such "
+                        "as 3 or 2,5 (default: %(default)s)")
     t.add_argument("--fp16-allreduce", action="store_true",
                    help="horovod: compress gradients to float16 on the wire")
     t.add_argument("--timeout", type=float, default=defaults.timeout, metavar="SECONDS",
@@ -102,25 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
     b = commands.add_parser("bench", help="benchmarks that print tables",
                             description="Benchmarks: they print tables and ratios measured "
                                         "side by side in one run; nothing is asserted.")
-    b.add_argument("what", choices=("allreduce", "dp"),
+    b.add_argument("what", choices=("allreduce", "dp", "pipeline"),
                    help="allreduce: bus bandwidth of each all-reduce against gloo's; "
-                        "dp: training throughput of the data-parallel strategies against DDP")
+                        "dp: training throughput of the data-parallel strategies against DDP; "
+                        "pipeline: step time and bubble of the naive split, GPipe and 1F1B")
     b.add_argument("--workers", type=int, nargs="+", default=None, metavar="K",
                    help="numbers of workers (default: allreduce 2 4, dp 2)")
     b.add_argument("--max-mb", type=float, default=64, metavar="MB",
                    help="allreduce: largest message in MiB (default: %(default)s)")
+    b.add_argument("--partition", default="time", metavar="HOW",
+                   help="pipeline: where to cut the model, as in train (default: %(default)s)")
     b.add_argument("--horovod", action="store_true",
                    help="allreduce: include Horovod's all-reduce")
-    b.add_argument("--steps", type=int, default=200, help="dp: steps per run (default: %(default)s)")
+    b.add_argument("--steps", type=int, default=None,
+                   help="dp, pipeline: steps per run (default: dp 200, pipeline 12)")
+    b.add_argument("--microbatches", type=int, nargs="+", default=None, metavar="M",
+                   help="pipeline: numbers of micro-batches (default: 1 2 4 8)")
     b.add_argument("--batch-size", type=int, default=256, metavar="B",
                    help="dp: global batch (default: %(default)s)")
-    b.add_argument("--model", default="simple", metavar="NAME",
-                   help="dp: model to train (default: %(default)s)")
+    b.add_argument("--model", default=None, metavar="NAME",
+                   help="dp, pipeline: model to train (default: dp simple, pipeline complex)")
     return parser
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from . import bench_allreduce, bench_training, env
+    from . import bench_allreduce, bench_pipeline, bench_training, env
 
     print(f"# {env.describe()}")
     if args.what == "allreduce":
@@ -133,16 +149,29 @@ def bench_command(args: argparse.Namespace) -> int:
         rows = bench_allreduce.run_allreduce_benchmark(tuple(args.workers or (2, 4)), sizes,
                                                        horovod=args.horovod)
         print(bench_allreduce.format_table(rows))
+    elif args.what == "pipeline":
+        for k in args.workers or (2,):
+            base = bench_pipeline.default_config(k, args.steps or 12, args.batch_size,
+                                                 args.model or "complex", args.partition)
+            for m in args.microbatches or bench_pipeline.DEFAULT_MICROBATCHES:
+                try:
+                    validate(replace(base, strategy="pipeline-gpipe", microbatches=m))
+                except ConfigError as err:
+                    _fail(f"python -m parcourse bench: error: {err}")
+            print(f"# P = {k} stages, {base.model} model cut by {base.partition}, global "
+                  f"batch {base.batch_size}, {base.steps} steps (the first left out)")
+            print(bench_pipeline.format_rows(bench_pipeline.measure(
+                base, tuple(args.microbatches or bench_pipeline.DEFAULT_MICROBATCHES))))
     else:
         for k in args.workers or (2,):
-            base = TrainConfig(strategy="ddp", workers=k, steps=args.steps,
-                               batch_size=args.batch_size, model=args.model)
+            base = TrainConfig(strategy="ddp", workers=k, steps=args.steps or 200,
+                               batch_size=args.batch_size, model=args.model or "simple")
             try:
                 validate(base)
             except ConfigError as err:
                 _fail(f"python -m parcourse bench: error: {err}")
-            print(f"# K = {k}, {args.model} model, global batch {args.batch_size}, "
-                  f"{args.steps} steps, best of 3 interleaved rounds")
+            print(f"# K = {k}, {base.model} model, global batch {base.batch_size}, "
+                  f"{base.steps} steps, best of 3 interleaved rounds")
             print(bench_training.format_rows(bench_training.compare_strategies(base=base)))
     return 0
 
@@ -154,7 +183,7 @@ def train_command(args: argparse.Namespace) -> int:
     config = TrainConfig(**{**options, "workers": workers})
     if config.strategy == "single" and launched > 1:
         _fail(f"python -m parcourse train: error: --strategy single runs on one worker, but "
-              f"{launched} processes were started: use a data-parallel strategy")
+              f"{launched} processes were started: use a parallel strategy")
     try:
         result = train(config)
     except (ConfigError, MissingDependencyError) as err:

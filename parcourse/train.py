@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.distributed as dist
@@ -58,6 +58,9 @@ class TrainConfig:
     bucket_kb: float = 1024.0       # dp-bucketed: bucket size in KiB
     fp16_allreduce: bool = False    # horovod: send gradients as float16
     accumulation: int = 1           # single: micro-batches per step (gradient accumulation)
+    stages: int = 0                 # pipelines: number of stages (0: --workers, or 2 for dp-pp)
+    microbatches: int = 1           # pipelines: micro-batches per step (1: naive layer split)
+    partition: str = "parameters"   # pipelines: parameters, time, or cut points such as 3 or 2,5
     checkpoint: str | None = None   # file for checkpoints (see parcourse.checkpoint)
     checkpoint_every: int = 0       # save every N steps (0: never)
     resume: bool = False            # continue from the checkpoint if it exists
@@ -76,6 +79,9 @@ class TrainResult:
     test_accuracy: float = 0.0
     communication_seconds: float = 0.0     # dp-manual, dp-bucketed: time in all-reduce
     overlap: float = 0.0                   # dp-bucketed: share of it hidden behind backward
+    timeline: list = field(default_factory=list, repr=False)  # pipelines: pipeline.Event list
+    peak_in_flight: list = field(default_factory=list)       # pipelines: per stage
+    stage_layers: list = field(default_factory=list)         # pipelines: (start, end) per stage
 
     @property
     def samples_per_second(self) -> float:
@@ -105,12 +111,13 @@ def validate(config: TrainConfig) -> None:
     check(config.workers >= 1, f"--workers must be at least 1 (got {config.workers})")
     if config.strategy == "single":
         check(config.workers == 1, f"--strategy single runs on one worker (got --workers "
-                                   f"{config.workers}): use a data-parallel strategy "
+                                   f"{config.workers}): use a parallel strategy "
                                    f"({', '.join(list(STRATEGIES)[1:])}) for several")
     else:
         k, b = config.workers, config.batch_size
-        check(b >= k, f"--batch-size {b} is smaller than --workers {k}: each worker "
-                      f"needs at least one sample, so use --batch-size of at least {k}")
+        check(b >= k or config.strategy not in DATA_PARALLEL,
+              f"--batch-size {b} is smaller than --workers {k}: each worker "
+              f"needs at least one sample, so use --batch-size of at least {k}")
         check(b % k == 0 or config.strategy not in AVERAGING,
               f"--batch-size {b} cannot be split evenly over --workers {k}, which "
               f"{config.strategy} needs: use a multiple of {k}, e.g. {b - b % k or k} or {b - b % k + k}, or "
@@ -135,9 +142,49 @@ def validate(config: TrainConfig) -> None:
           f"--checkpoint-every must be 0 (never) or more (got {config.checkpoint_every})")
     check(config.checkpoint is not None or not (config.checkpoint_every or config.resume),
           "--checkpoint-every and --resume need --checkpoint FILE: say where checkpoints go")
+    _validate_model_parallel(config, check)
     check(config.accumulation <= config.batch_size,
           f"--accumulation {config.accumulation} is larger than --batch-size "
           f"{config.batch_size}: each micro-batch needs at least one sample")
+
+
+def stages_of(config: TrainConfig) -> int:
+    """The number of pipeline stages: ``--stages``, or by default one per worker (two
+    for dp-pp)."""
+    if config.stages:
+        return config.stages
+    return 2 if config.strategy == "dp-pp" else config.workers
+
+
+def _validate_model_parallel(config: TrainConfig, check) -> None:
+    from . import model_parallel, partition, tensor_parallel
+
+    pipelined = config.strategy in PIPELINES
+    check(config.stages >= 0, f"--stages must be at least 1 (got {config.stages})")
+    check(pipelined or not config.stages,
+          f"--stages works with the pipeline strategies ({', '.join(PIPELINES)}), "
+          f"not --strategy {config.strategy}")
+    check(pipelined or config.microbatches == 1,
+          f"--microbatches works with the pipeline strategies ({', '.join(PIPELINES)}), "
+          f"not --strategy {config.strategy}")
+    check(config.strategy not in MODEL_PARALLEL or not (config.checkpoint or config.resume),
+          f"--checkpoint and --resume work with --strategy single and the data-parallel "
+          f"strategies, not --strategy {config.strategy}")
+    model = MODELS[config.model]()
+    if config.strategy == "tensor":
+        tensor_parallel.check_splittable(model, config.workers)
+    if not pipelined:
+        return
+    stages = stages_of(config)
+    check(config.strategy == "dp-pp" or stages == config.workers,
+          f"--strategy {config.strategy} runs one stage per worker, but --stages is {stages} "
+          f"and --workers {config.workers}: make them equal, or use --strategy dp-pp for "
+          f"several pipeline replicas")
+    partition.check_stages(len(model), stages, f"--model {config.model}")
+    replicas, _ = model_parallel.grid(config.workers, stages)
+    model_parallel.check_microbatches(config.batch_size, replicas, config.microbatches)
+    if config.partition not in partition.METHODS:
+        partition.parse_boundaries(config.partition, len(model), stages)
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -148,6 +195,8 @@ def train(config: TrainConfig) -> TrainResult:
                                         asdict(config))
         if problem:
             raise ConfigError(f"--resume cannot continue from {config.checkpoint}: {problem}")
+    if config.strategy in PIPELINES and not config.stages:
+        config = replace(config, stages=stages_of(config))
     return STRATEGIES[config.strategy](config)
 
 
@@ -172,7 +221,8 @@ def _progress(config: TrainConfig, enabled: bool, initial: int = 0):
 def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
         device: torch.device, rank: int = 0, world_size: int = 1, sync=None,
         optimizer: torch.optim.Optimizer | None = None,
-        sum_over_workers=dist.all_reduce) -> tuple[list, float]:
+        sum_over_workers=dist.all_reduce,
+        show_progress: bool | None = None) -> tuple[list, float]:
     """The training loop shared by every strategy, run by each worker on its shard.
 
     Worker k back-propagates its local mean loss, times B_k/B when ``sync`` (a gradient
@@ -182,6 +232,7 @@ def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
     of the batch: the accumulated gradient is the full batch's. Returns the mean loss over the *global* batch of every step
     (summed over workers once, at the end, with ``sum_over_workers``) and the loop's wall
     time. ``optimizer`` defaults to ``config.optimizer`` over ``model.parameters()``.
+    The progress bar shows on rank 0 unless ``show_progress`` says otherwise.
     """
     if optimizer is None:
         optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
@@ -189,7 +240,8 @@ def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
     share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
     losses = torch.zeros(config.steps, dtype=torch.float64)
     first_step = _restore(config, getattr(model, "module", model), optimizer, losses, rank)
-    bar = _progress(config, enabled=rank == 0, initial=first_step)
+    bar = _progress(config, enabled=rank == 0 if show_progress is None else show_progress,
+                    initial=first_step)
     start = time.perf_counter()
     for step in range(first_step, config.steps):
         indices = datasets.global_batch(n, config.batch_size, step, config.seed)
@@ -317,7 +369,26 @@ def train_horovod(config: TrainConfig) -> TrainResult:
     return run_horovod(config, fp16=config.fp16_allreduce)
 
 
+def train_pipeline(config: TrainConfig) -> TrainResult:
+    """Pipelines and data × pipeline grids (see :mod:`parcourse.model_parallel`)."""
+    from .model_parallel import train_pipeline as run
+
+    return run(config)
+
+
+def train_tensor(config: TrainConfig) -> TrainResult:
+    """Megatron tensor parallelism (see :mod:`parcourse.model_parallel`)."""
+    from .model_parallel import train_tensor as run
+
+    return run(config)
+
+
 STRATEGIES = {"single": train_single, "ddp": train_data_parallel,
               "dp-manual": train_data_parallel, "dp-bucketed": train_data_parallel,
-              "horovod": train_horovod}
+              "horovod": train_horovod,
+              "pipeline-gpipe": train_pipeline, "pipeline-1f1b": train_pipeline,
+              "dp-pp": train_pipeline, "tensor": train_tensor}
 AVERAGING = ("ddp", "horovod")  # they average K local means, so they need equal shards
+DATA_PARALLEL = ("ddp", "dp-manual", "dp-bucketed", "horovod")
+PIPELINES = ("pipeline-gpipe", "pipeline-1f1b", "dp-pp")
+MODEL_PARALLEL = (*PIPELINES, "tensor")

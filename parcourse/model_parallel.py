@@ -1,0 +1,170 @@
+"""Training with model parallelism: pipelines, data × pipeline grids and tensor
+parallelism (chapters 3–5); the strategies ``pipeline-gpipe``, ``pipeline-1f1b``,
+``dp-pp`` and ``tensor`` of ``python -m parcourse train``.
+
+Every worker builds the whole model from the same seed and keeps only its part, so the
+parts start exactly as the single-device model does; every strategy trains on the same
+global batches (:func:`parcourse.data.global_batch`) and returns the unsplit model's
+state_dict with plain key names, to compare key by key with ``--strategy single``.
+
+**Rank grid (dp-pp).** W = R·P workers form R replicas of a P-stage pipeline; worker
+``rank`` is stage ``rank % P`` of replica ``rank // P``. Replica r trains on shard r of
+the global batch; after the backward pass, the workers that hold the same stage
+all-reduce (sum) their gradients within their *data-parallel group*
+{s, P + s, 2P + s, …}. Micro-batch m of replica r is weighted b_m / B (B: the global
+batch), so the sum over micro-batches and replicas is the full batch's gradient.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+
+from . import data as datasets
+from . import launch, partition, pipeline, tensor_parallel
+from .errors import ConfigError
+from .models import build_model
+
+PIPELINE_SCHEDULES = {"pipeline-gpipe": "gpipe", "pipeline-1f1b": "1f1b", "dp-pp": "1f1b"}
+
+
+def grid(world_size: int, stages: int) -> tuple[int, int]:
+    """(replicas, stages) of a data × pipeline grid of ``world_size`` workers."""
+    if stages < 1 or world_size % stages:
+        raise ConfigError(f"--workers {world_size} does not fit --stages {stages} × replicas: "
+                          f"use a multiple of {max(stages, 1)} workers")
+    return world_size // stages, stages
+
+
+def check_microbatches(batch_size: int, replicas: int, microbatches: int) -> None:
+    """Each replica's share of the batch must split into equal micro-batches."""
+    if microbatches < 1:
+        raise ConfigError(f"--microbatches must be at least 1 (got {microbatches})")
+    if batch_size % (replicas * microbatches):
+        parts = replicas * microbatches
+        raise ConfigError(
+            f"--batch-size {batch_size} cannot be cut into {parts} equal micro-batches "
+            f"({replicas} replica(s) × --microbatches {microbatches}): use a multiple of "
+            f"{parts}, e.g. {max(parts, batch_size - batch_size % parts)}")
+
+
+def _example(dataset, micro_size: int) -> torch.Tensor:
+    return dataset.train_x[:micro_size]
+
+
+def pipeline_worker(rank: int, world_size: int, config):
+    """One stage of one replica; rank 0 returns the gathered result, the others None."""
+    from .train import TrainResult, _progress, accuracy, make_optimizer
+
+    replicas, stages = grid(world_size, config.stages)
+    replica, stage = divmod(rank, stages)
+    device = launch.device()
+    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
+    model = build_model(config.model, seed=config.seed)
+    micro_size = config.batch_size // (replicas * config.microbatches)
+    example = _example(dataset, micro_size)
+    # measured layer times differ from worker to worker: rank 0 decides for everyone
+    decision = [partition.partition(model, stages, config.partition, example)
+                if rank == 0 else None]
+    dist.broadcast_object_list(decision, src=0)
+    ranges = decision[0]
+    shapes = partition.boundary_shapes(model, ranges, example)
+    start, end = ranges[stage]
+    part = model[start:end].to(device)
+    runner = pipeline.PipelineStage(part, stage, stages,
+                                    rank - 1 if stage > 0 else None,
+                                    rank + 1 if stage < stages - 1 else None,
+                                    shapes[stage], shapes[stage + 1], device)
+    groups = [dist.new_group([r * stages + s for r in range(replicas)]) for s in range(stages)]
+    actions = pipeline.schedule(PIPELINE_SCHEDULES[config.strategy], stage, stages,
+                                config.microbatches)
+    trainable = list(part.parameters())
+    optimizer = make_optimizer(config.optimizer, trainable, config.lr) if trainable else None
+    losses = torch.zeros(config.steps, dtype=torch.float64)
+    timeline, n = [], len(dataset.train_y)
+    bar = _progress(config, enabled=rank == 0)
+    t0 = pipeline.common_clock_origin(device)
+    for step in range(config.steps):
+        mine = datasets.shard(datasets.global_batch(n, config.batch_size, step, config.seed),
+                              replica, replicas)
+        micro = [datasets.shard(mine, m, config.microbatches) for m in range(config.microbatches)]
+        part.zero_grad()
+        loss, events = runner.run(
+            actions, step, t0,
+            inputs=[dataset.train_x[i].to(device) for i in micro] if runner.is_first else None,
+            targets=[dataset.train_y[i].to(device) for i in micro] if runner.is_last else None,
+            weights=[len(i) / config.batch_size for i in micro])
+        if trainable:
+            if replicas > 1:
+                _sum_gradients(part, groups[stage])
+            optimizer.step()
+        losses[step] = loss
+        timeline += events
+        bar.update(1)
+    seconds = time.perf_counter() - t0
+    bar.close()
+    losses = losses.to(device)
+    dist.all_reduce(losses)  # only the last stages hold losses: the sum is the global mean
+    losses = losses.cpu()
+    report = (replica, {k: v.detach().cpu().clone() for k, v in part.state_dict().items()},
+              timeline, runner.peak_in_flight)
+    gathered = [None] * world_size if rank == 0 else None
+    dist.gather_object(report, gathered, dst=0)
+    if rank != 0:
+        return None
+    state = {}
+    for replica_index, part_state, _, _ in gathered:
+        if replica_index == 0:
+            state.update(part_state)
+    full = build_model(config.model)
+    full.load_state_dict(state)
+    result = TrainResult(config, state, losses.tolist(), seconds,
+                         accuracy(full, dataset.test_x, dataset.test_y, torch.device("cpu")))
+    result.timeline = [e for _, _, events, _ in gathered[:stages] for e in events]
+    result.peak_in_flight = [peak for _, _, _, peak in gathered[:stages]]
+    result.stage_layers = ranges
+    return result
+
+
+def _sum_gradients(module: torch.nn.Module, group) -> None:
+    """Sum this stage's gradients over the replicas that hold the same stage."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def tensor_worker(rank: int, world_size: int, config):
+    """Megatron tensor parallelism: every worker sees the whole batch and holds 1/K of
+    each split layer; rank 0 returns the gathered result."""
+    from .train import TrainResult, accuracy, fit
+
+    device = launch.device()
+    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
+    model = tensor_parallel.parallelize(build_model(config.model, seed=config.seed),
+                                        rank, world_size).to(device)
+    losses, seconds = fit(model, config, dataset, device, show_progress=rank == 0)
+    state = tensor_parallel.full_state_dict(model)
+    if rank != 0:
+        return None
+    full = build_model(config.model)
+    full.load_state_dict(state)
+    return TrainResult(config, state, losses, seconds,
+                       accuracy(full, dataset.test_x, dataset.test_y, torch.device("cpu")))
+
+
+def train_pipeline(config):
+    """Pipeline strategies (``pipeline-gpipe``, ``pipeline-1f1b``, ``dp-pp``)."""
+    return launch.run(pipeline_worker, config.workers, args=(config,), backend=config.backend,
+                      timeout=config.timeout, verbose=not config.quiet)[0]
+
+
+def train_tensor(config):
+    """Tensor parallelism over ``config.workers`` workers."""
+    return launch.run(tensor_worker, config.workers, args=(config,), backend=config.backend,
+                      timeout=config.timeout, verbose=not config.quiet)[0]

@@ -1,0 +1,103 @@
+"""Worker functions for tests/test_pipeline.py and tests/test_tensor_parallel.py
+(spawned workers must import them)."""
+
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from parcourse import partition, pipeline, tensor_parallel
+from parcourse.models import build_model
+
+BATCH, MICRO = 24, 4
+
+
+def _model_and_batch(name="complex"):
+    model = build_model(name, seed=7)
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(BATCH, 1, 28, 28, generator=generator)
+    y = torch.randint(0, 10, (BATCH,), generator=generator)
+    return model, x, y
+
+
+def ours_against_torch_pipelining(rank, world_size, schedule_name):
+    """Run one step of our schedule and of torch.distributed.pipelining's on the same
+    stage; return both stages' gradients and the last stage's losses."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    model, x, y = _model_and_batch()
+    micro = x.shape[0] // MICRO
+    ranges = partition.partition(model, world_size)
+    shapes = partition.boundary_shapes(model, ranges, x[:micro])
+    start, end = ranges[rank]
+    last = rank == world_size - 1
+
+    ours = model[start:end]
+    stage = pipeline.PipelineStage(ours, rank, world_size, rank - 1 if rank else None,
+                                   None if last else rank + 1, shapes[rank], shapes[rank + 1],
+                                   torch.device("cpu"))
+    actions = pipeline.schedule(schedule_name, rank, world_size, MICRO)
+    chunks = list(zip(x.chunk(MICRO), y.chunk(MICRO)))
+    loss, _ = stage.run(actions, 0, time.perf_counter(),
+                        inputs=[c[0] for c in chunks], targets=[c[1] for c in chunks],
+                        weights=[1 / MICRO] * MICRO)
+    our_grads = {k: p.grad.clone() for k, p in ours.named_parameters()}
+
+    theirs = build_model("complex", seed=7)[start:end]
+    schedule_class = ScheduleGPipe if schedule_name == "gpipe" else Schedule1F1B
+    their_stage = PipelineStage(theirs, rank, world_size, torch.device("cpu"))
+    runner = schedule_class(their_stage, MICRO, loss_fn=F.cross_entropy)
+    losses = []
+    if rank == 0:
+        runner.step(x)
+    elif last:
+        runner.step(target=y, losses=losses)
+    else:
+        runner.step()
+    their_grads = {k: p.grad.clone() for k, p in theirs.named_parameters()}
+    their_loss = sum(t.item() for t in losses) / MICRO if last else 0.0
+    return our_grads, their_grads, loss, their_loss, stage.peak_in_flight
+
+
+def single_device_gradients():
+    """The unsplit model's gradients of the mean loss over the whole batch."""
+    model, x, y = _model_and_batch()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters()}, loss.item()
+
+
+def upstream_gradient(shape):
+    """A fixed, well-conditioned ∂L/∂y to back-propagate."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(5))
+
+
+def tensor_parallel_mlp(rank, world_size, batch=6, width=8, hidden=12, out=5):
+    """A Linear → ReLU → Linear block split column/row; output and gradients, gathered."""
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(hidden, out))
+    x = torch.randn(batch, width, requires_grad=True)
+    tensor_parallel.COMMUNICATION.clear()
+    tensor_parallel.parallelize(block, rank, world_size)
+    y = block(x)
+    forward_bytes = dict(tensor_parallel.COMMUNICATION)
+    (y * upstream_gradient(y.shape)).sum().backward()
+    grads = {"0.weight": block[0].weight.grad, "0.bias": block[0].bias.grad,
+             "2.weight": block[2].weight.grad, "2.bias": block[2].bias.grad}
+    gathered = {k: [torch.empty_like(g) for _ in range(world_size)] for k, g in grads.items()}
+    for k, g in grads.items():
+        dist.all_gather(gathered[k], g.contiguous())
+    return (y.detach(), x.grad, gathered, forward_bytes, dict(tensor_parallel.COMMUNICATION),
+            tensor_parallel.full_state_dict(block))
+
+
+def tensor_parallel_attention(rank, world_size, batch=2, seq=5, width=12, heads=6):
+    torch.manual_seed(0)
+    reference = tensor_parallel.SelfAttention(width, heads)
+    x = torch.randn(batch, seq, width, requires_grad=True)
+    layer = tensor_parallel.ParallelSelfAttention(reference, rank, world_size)
+    y = layer(x)
+    (y * upstream_gradient(y.shape)).sum().backward()
+    return y.detach(), x.grad, layer.out.weight.grad, layer.qkv_weight.grad

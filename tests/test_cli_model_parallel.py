@@ -1,0 +1,76 @@
+"""python -m parcourse train with the model-parallel strategies: each saves the unsplit
+model's parameters (plain key names), equal to --strategy single's; bad input exits 2."""
+
+import sys
+
+import pytest
+
+from test_cli import (COMMON, ERR, OPTIMIZERS, assert_same_parameters, parcourse,
+                      train_and_load)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("single")
+    return {(model, optimizer): train_and_load(folder, f"{model}-{optimizer}", "--model", model,
+                                               *OPTIMIZERS[optimizer])
+            for model, optimizer in (("simple", "sgd"), ("simple", "adam"), ("complex", "sgd"))}
+
+
+@pytest.mark.parametrize("model, optimizer, args", [
+    ("simple", "sgd", ["--strategy", "pipeline-gpipe", "--workers", "2", "--microbatches", "4"]),
+    ("simple", "adam", ["--strategy", "pipeline-1f1b", "--workers", "3", "--microbatches", "2"]),
+    ("complex", "sgd", ["--strategy", "pipeline-1f1b", "--workers", "2", "--microbatches", "8",
+                        "--partition", "3"]),
+    # (complex with Adam differs by ~3e-6 even in one process, just from running 2 threads
+    # instead of 1: Adam turns the rounding noise of near-zero gradients into lr-sized steps)
+    ("complex", "sgd", ["--strategy", "pipeline-gpipe", "--workers", "2",
+                        "--partition", "time"]),                      # naive split: M = 1
+    ("simple", "sgd", ["--strategy", "dp-pp", "--workers", "4", "--stages", "2",
+                       "--microbatches", "2"]),
+    ("simple", "adam", ["--strategy", "tensor", "--workers", "2"]),
+    ("complex", "sgd", ["--strategy", "tensor", "--workers", "4"]),
+])
+def test_model_parallel_matches_single(tmp_path, single, model, optimizer, args):
+    result = train_and_load(tmp_path, "run", "--model", model, *OPTIMIZERS[optimizer], *args)
+    assert_same_parameters(result, single[model, optimizer])
+
+
+def test_pipeline_under_torchrun(tmp_path, single):
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "parcourse")
+    result = train_and_load(tmp_path, "torchrun", "--strategy", "pipeline-1f1b",
+                            "--microbatches", "4", *OPTIMIZERS["sgd"], launcher=torchrun)
+    assert_same_parameters(result, single["simple", "sgd"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy", "pipeline-gpipe", "--workers", "7"],
+     "--stages 7 is more than the 6 layers of --model simple: each stage needs at least one "
+     "layer, so use --stages 6 or fewer"),
+    (["--strategy", "pipeline-1f1b", "--workers", "2", "--microbatches", "0"],
+     "--microbatches must be at least 1 (got 0)"),
+    (["--strategy", "pipeline-1f1b", "--workers", "2", "--microbatches", "5"],
+     "--batch-size 32 cannot be cut into 5 equal micro-batches (1 replica(s) × "
+     "--microbatches 5): use a multiple of 5, e.g. 30"),
+    (["--strategy", "dp-pp", "--workers", "3", "--stages", "2"],
+     "--workers 3 does not fit --stages 2 × replicas: use a multiple of 2 workers"),
+    (["--strategy", "pipeline-gpipe", "--workers", "2", "--stages", "3"],
+     "--strategy pipeline-gpipe runs one stage per worker, but --stages is 3 and --workers 2: "
+     "make them equal, or use --strategy dp-pp for several pipeline replicas"),
+    (["--strategy", "ddp", "--workers", "2", "--microbatches", "2"],
+     "--microbatches works with the pipeline strategies (pipeline-gpipe, pipeline-1f1b, "
+     "dp-pp), not --strategy ddp"),
+    (["--strategy", "tensor", "--workers", "3"],
+     "layer 1 has 64 features, which cannot be split evenly over 3 workers: use a number of "
+     "workers that divides 64"),
+    (["--strategy", "pipeline-gpipe", "--workers", "2", "--partition", "9"],
+     "--partition '9': cut points must increase strictly and lie between 1 and 5 (the model "
+     "has 6 layers)"),
+    (["--strategy", "tensor", "--workers", "2", "--checkpoint", "c.pt"],
+     "--checkpoint and --resume work with --strategy single and the data-parallel strategies, "
+     "not --strategy tensor"),
+])
+def test_bad_model_parallel_input_exits_2_before_any_worker_starts(args, message):
+    done = parcourse("train", *COMMON, *args, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", ERR + message + "\n")
