@@ -15,7 +15,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: book test venv clean browser
+.PHONY: book test venv clean browser gpu-check
 
 venv: $(STAMP)
 
@@ -38,6 +38,14 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: no chromium, and no root to install it: the browser test will skip"
+
+# On a CUDA machine: the GPU tests, every notebook (nbmake), `python -m parcourse bench kernels`,
+# and one JSON report in book/data/gpu/ (see parcourse/kernels/gpu_check.py). ~10 min on an H100.
+# Without an NVIDIA GPU it stops at once, before building anything.
+gpu-check:
+	@command -v nvidia-smi >/dev/null 2>&1 || { echo "make gpu-check: no NVIDIA GPU here (nvidia-smi not found): run it on a machine with an NVIDIA GPU (Colab, Kaggle, a cloud GPU)." >&2; exit 2; }
+	@$(MAKE) --no-print-directory $(STAMP)
+	$(BIN)/python -m parcourse.kernels.gpu_check
 
 clean:
 	rm -rf _build

@@ -112,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = commands.add_parser("bench", help="benchmarks that print tables",
                             description="Benchmarks: they print tables and ratios measured "
                                         "side by side in one run; nothing is asserted.")
-    b.add_argument("what", choices=("allreduce", "dp", "pipeline"),
+    b.add_argument("what", choices=("allreduce", "dp", "pipeline", "kernels"),
                    help="allreduce: bus bandwidth of each all-reduce against gloo's; "
                         "dp: training throughput of the data-parallel strategies against DDP; "
-                        "pipeline: step time and bubble of the naive split, GPipe and 1F1B")
+                        "pipeline: step time and bubble of the naive split, GPipe and 1F1B; "
+                        "kernels: the Triton kernels (GPU) or the torch ops (CPU) against "
+                        "the device's roofline")
     b.add_argument("--workers", type=int, nargs="+", default=None, metavar="K",
                    help="numbers of workers (default: allreduce 2 4, dp 2)")
     b.add_argument("--max-mb", type=float, default=64, metavar="MB",
@@ -132,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dp: global batch (default: %(default)s)")
     b.add_argument("--model", default=None, metavar="NAME",
                    help="dp, pipeline: model to train (default: dp simple, pipeline complex)")
+    b.add_argument("--quick", action="store_true", help="kernels: small sizes (a smoke test)")
+    b.add_argument("--json", metavar="FILE", help="kernels: also write every figure as JSON")
     return parser
 
 
@@ -139,6 +143,8 @@ def bench_command(args: argparse.Namespace) -> int:
     from . import bench_allreduce, bench_pipeline, bench_training, env
 
     print(f"# {env.describe()}")
+    if args.what == "kernels":
+        return _bench_kernels(args)
     if args.what == "allreduce":
         largest = int(args.max_mb * (1 << 20))
         sizes = [s for s in bench_allreduce.DEFAULT_SIZES if s <= largest]
@@ -173,6 +179,17 @@ def bench_command(args: argparse.Namespace) -> int:
             print(f"# K = {k}, {base.model} model, global batch {base.batch_size}, "
                   f"{base.steps} steps, best of 3 interleaved rounds")
             print(bench_training.format_rows(bench_training.compare_strategies(base=base)))
+    return 0
+
+
+def _bench_kernels(args: argparse.Namespace) -> int:
+    from .kernels import bench as bench_kernels
+
+    result = bench_kernels.run(quick=args.quick)
+    print(bench_kernels.format_report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
     return 0
 
 

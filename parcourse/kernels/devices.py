@@ -1,0 +1,67 @@
+"""Datasheet figures of the GPUs the book talks about, cited, and the stored GPU reports.
+
+Peaks are NVIDIA's own figures, dense (without structured sparsity):
+
+* **H100 SXM** — NVIDIA H100 Tensor Core GPU datasheet: HBM3 memory bandwidth 3.35 TB/s;
+  FP32 67 TFLOPS; FP16 Tensor Core 1,979 TFLOPS *with sparsity*, so 989.5 TFLOPS dense.
+* **H100 PCIe** — same datasheet: 2 TB/s; FP32 51 TFLOPS; FP16 Tensor Core 1,513 TFLOPS
+  with sparsity, 756.5 dense.
+* **T4** — NVIDIA T4 Tensor Core GPU datasheet: GDDR6 bandwidth 320 GB/s ("320+ GB/s");
+  single precision 8.1 TFLOPS; mixed precision (FP16/FP32) 65 TFLOPS. Compute capability
+  7.5 (Turing): recent Triton (3.x) gives ``tl.dot`` no tensor-core path below compute
+  capability 8.0 and falls back to FMA instructions (its compiler says "Dot op using MMA
+  for compute capability 75 has been deprecated. It falls back to the FMA path."; Triton
+  pull request #5066), so a Triton matmul on a T4 is bound by the 8.1 TFLOPS, not the 65.
+
+A GPU report is the JSON file that ``make gpu-check`` writes to ``book/data/gpu/``;
+:func:`stored_reports` reads them all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+REPORTS = Path(__file__).resolve().parents[2] / "book" / "data" / "gpu"
+
+
+@dataclass(frozen=True)
+class Datasheet:
+    """A GPU's peak figures as its datasheet states them (SI units: bytes/s, FLOP/s)."""
+    name: str
+    bandwidth: float
+    fp32_flops: float
+    fp16_flops: float  # dense tensor-core peak (what a Triton tl.dot can reach, if any)
+    compute_capability: tuple[int, int]
+    source: str
+
+
+DATASHEETS = {
+    "H100 SXM": Datasheet("H100 SXM", 3.35e12, 67e12, 989.5e12, (9, 0),
+                          "NVIDIA H100 Tensor Core GPU datasheet (H100 SXM column)"),
+    "H100 PCIe": Datasheet("H100 PCIe", 2.0e12, 51e12, 756.5e12, (9, 0),
+                           "NVIDIA H100 Tensor Core GPU datasheet (H100 PCIe column)"),
+    "T4": Datasheet("T4", 320e9, 8.1e12, 65e12, (7, 5), "NVIDIA T4 Tensor Core GPU datasheet"),
+}
+
+
+def datasheet_for(device_name: str) -> Datasheet | None:
+    """The datasheet entry for a CUDA device name (``torch.cuda.get_device_name()``)."""
+    name = device_name.upper()
+    if "H100" in name:
+        return DATASHEETS["H100 PCIe"] if "PCIE" in name else DATASHEETS["H100 SXM"]
+    if "T4" in name.split():  # "Tesla T4"
+        return DATASHEETS["T4"]
+    return None
+
+
+def stored_reports(folder: Path | str = REPORTS) -> list[dict]:
+    """Every GPU report in ``folder`` (sorted by file name), each with its ``file`` added."""
+    folder = Path(folder)
+    reports = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        report = json.loads(path.read_text())
+        report["file"] = path.name
+        reports.append(report)
+    return reports

@@ -1,0 +1,61 @@
+"""The kernels compiled for a real CUDA GPU (pytest -m gpu; make gpu-check runs them).
+
+Skipped on a machine without one: there the same kernels are tested in Triton's
+interpreter (tests/test_kernels.py). Sizes are large enough to launch thousands of
+programs and not multiples of the blocks. Tolerances as in tests/test_kernels.py; the
+float16 matmul with K = 1000 sums in float32 on the GPU, and its entries have size ≈ √K ≈ 32,
+where a float16 ulp is 2⁻⁵: rtol 1e-2.
+"""
+
+import pytest
+import torch
+
+from parcourse import kernels
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
+    not (kernels.AVAILABLE and kernels.DEVICE == "cuda"),
+    reason="needs a CUDA GPU and Triton: these tests compile the kernels for the GPU "
+           "(on a CPU the interpreter tests in tests/test_kernels.py run instead)")]
+
+
+def rand(*shape, dtype=torch.float32, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randn(*shape, generator=g, device="cuda").to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_vector_add_on_the_gpu(dtype):
+    x, y = rand(10_000_003, dtype=dtype, seed=1), rand(10_000_003, dtype=dtype, seed=2)
+    torch.testing.assert_close(kernels.vector_add(x, y), x + y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", [(4096, 4096), (1823, 781), (3, 20000)])
+def test_softmax_and_layer_norm_on_the_gpu(shape, dtype):
+    x = rand(*shape, dtype=dtype, seed=3)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(kernels.softmax(x), kernels.softmax_reference(x), **tol)
+    w, b = rand(shape[1], dtype=dtype, seed=4), rand(shape[1], dtype=dtype, seed=5)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(kernels.layer_norm(x, w, b), kernels.layer_norm_reference(x, w, b), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m, n, k", [(1000, 777, 1000), (4096, 4096, 512)])
+def test_autotuned_matmul_on_the_gpu(m, n, k, dtype):
+    a, b = rand(m, k, dtype=dtype, seed=6), rand(k, n, dtype=dtype, seed=7)
+    tol = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-1)
+    torch.testing.assert_close(kernels.matmul(a, b), kernels.matmul_reference(a, b), **tol)
+
+
+def test_matmul_with_explicit_blocks_on_the_gpu():
+    a, b = rand(300, 200, dtype=torch.float16), rand(200, 500, dtype=torch.float16, seed=1)
+    c = kernels.matmul(a, b, block_m=64, block_n=64, block_k=32, group_m=4)
+    torch.testing.assert_close(c, kernels.matmul_reference(a, b), rtol=1e-2, atol=1e-1)
+
+
+def test_gpu_timing_works():
+    from parcourse.kernels import bench
+
+    x = rand(1 << 20)
+    assert bench.gpu_seconds(lambda: kernels.vector_add(x, x)) > 0
