@@ -135,3 +135,29 @@ def amdahl_fraction(speedup: float, k: float) -> float:
     if not speedup > 0:
         raise ValueError(f"a speedup must be positive, got {speedup}")
     return (1.0 - 1.0 / speedup) / (1.0 - 1.0 / k)
+
+
+def fit_amdahl(speedups) -> float:
+    """The parallel fraction ``p`` of Amdahl's law that best fits a measured speedup curve.
+
+    ``speedups`` maps worker counts ``K`` to measured speedups ``S(K)`` (``K = 1`` may
+    be included; it carries no information). Amdahl's law is linear in ``p`` when
+    written for the normalised run time, ``1/S = 1 − p·(1 − 1/K)``, so the least-squares
+    fit of the run times is closed-form:
+
+        p = Σ_K (1 − 1/S_K)(1 − 1/K) / Σ_K (1 − 1/K)².
+
+    With one point ``K > 1`` this is :func:`amdahl_fraction`. As there, the result is
+    returned as is, possibly outside [0, 1], for the caller to judge.
+    """
+    points = [(float(k), float(s)) for k, s in dict(speedups).items() if float(k) != 1.0]
+    if not points:
+        raise ValueError("fitting Amdahl's law needs a speedup measured on more than one "
+                         f"worker, got only {dict(speedups)}")
+    for k, s in points:
+        if not k > 1 or not s > 0:
+            raise ValueError(f"worker counts must be ≥ 1 and speedups positive, got K = {k}, "
+                             f"S = {s}")
+    num = sum((1 - 1 / s) * (1 - 1 / k) for k, s in points)
+    den = sum((1 - 1 / k) ** 2 for k, _ in points)
+    return num / den

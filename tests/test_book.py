@@ -57,6 +57,32 @@ def test_toc_has_the_preface_then_the_nine_chapters_in_order():
         assert chinese in title, title
 
 
+APPENDIX_PAGES = ["book/appendix/errata", "book/appendix/glossary", "book/references"]
+SHARED_CITATION_KEYS = [  # every chapter cites these works with exactly these keys
+    "amdahl1967", "gustafson1988", "williams2009roofline", "thakur2005collectives",
+    "patarasuk2009ring", "goyal2017accurate", "sergeev2018horovod", "huang2019gpipe",
+    "narayanan2019pipedream", "shoeybi2019megatron", "rajbhandari2020zero", "li2020ddp",
+    "tillet2019triton", "simonyan2014vgg",
+]
+
+
+def test_appendix_has_the_errata_the_glossary_and_the_references_after_the_chapters():
+    appendix = PARTS["Appendix"]
+    assert [page for page in appendix if page in APPENDIX_PAGES] == APPENDIX_PAGES
+    assert PAGES.index(APPENDIX_PAGES[0]) > PAGES.index(PARTS["Chapters"][-1])
+    for page in APPENDIX_PAGES:
+        assert (ROOT / f"{page}.ipynb").exists() or (ROOT / f"{page}.md").exists(), page
+    assert "```{glossary}" in (ROOT / "book/appendix/glossary.md").read_text()
+    assert "```{bibliography}" in (ROOT / "book/references.md").read_text()
+
+
+def test_bibliography_defines_every_shared_citation_key_once():
+    assert CONFIG["bibtex_bibfiles"] == ["book/references.bib"]
+    keys = re.findall(r"^@\w+\{([^,]+),", (ROOT / "book/references.bib").read_text(), re.M)
+    assert len(keys) == len(set(keys)), "a key is defined twice"
+    assert set(SHARED_CITATION_KEYS) <= set(keys)
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_starts_with_the_install_cell_and_stores_no_outputs(notebook):
     nb = json.loads(notebook.read_text())

@@ -118,3 +118,23 @@ def test_amdahl_fraction_rejects_bad_arguments():
         perf.amdahl_fraction(1.5, 1)
     with pytest.raises(ValueError, match="speedup must be positive"):
         perf.amdahl_fraction(0.0, 2)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 0.9, 1.0])
+def test_fit_amdahl_recovers_the_fraction_of_an_exact_curve(p):
+    curve = {k: perf.amdahl_speedup(p, k) for k in (1, 2, 4, 8, 16)}
+    assert perf.fit_amdahl(curve) == pytest.approx(p, abs=1e-12)
+
+
+def test_fit_amdahl_with_one_point_is_amdahl_fraction_and_fits_noisy_curves_in_between():
+    assert perf.fit_amdahl({1: 1.0, 4: 3.0}) == pytest.approx(perf.amdahl_fraction(3.0, 4))
+    noisy = {2: perf.amdahl_speedup(0.8, 2) * 1.02, 4: perf.amdahl_speedup(0.8, 4) * 0.98}
+    assert perf.fit_amdahl(noisy) == pytest.approx(0.8, abs=0.03)
+    assert perf.fit_amdahl(noisy) != pytest.approx(0.8, abs=1e-6)
+
+
+def test_fit_amdahl_needs_more_than_one_worker():
+    with pytest.raises(ValueError, match="needs a speedup measured on more than one worker"):
+        perf.fit_amdahl({1: 1.0})
+    with pytest.raises(ValueError, match="speedups positive"):
+        perf.fit_amdahl({2: 0.0})
