@@ -14,7 +14,7 @@
 * **Thread scaling and Amdahl's law**: the speedup ``S(K) = t(1) / t(K)`` of a matmul
   (compute-bound) and an elementwise add (memory-bound) over ``K`` threads, and the
   parallel fraction ``p`` of ``S(K) = 1 / ((1 − p) + p / K)`` fitted to them by least
-  squares (:func:`fit_amdahl`). A memory-bound op's "serial fraction" is mostly the
+  squares (:func:`parcourse.perf.fit_amdahl`). A memory-bound op's "serial fraction" is mostly the
   shared memory bus, not serial code: the fit measures what stops scaling, whatever it is.
 """
 
@@ -52,27 +52,6 @@ def intensity(flops: float, nbytes: float) -> float:
     if not nbytes > 0:
         raise ValueError(f"bytes moved must be positive, got {nbytes}")
     return flops / nbytes
-
-
-def fit_amdahl(threads, speedups) -> float:
-    """The parallel fraction ``p`` that fits Amdahl's law to measured speedups best.
-
-    ``1/S = (1 − p) + p/K`` is linear in ``p``: ``1/S − 1 = p (1/K − 1)``. Least squares
-    over the points with ``K > 1`` gives ``p = Σ x y / Σ x²`` with ``x = 1/K − 1`` and
-    ``y = 1/S − 1``. The serial fraction is ``1 − p``. Not clipped to [0, 1]: a speedup
-    above ``K`` (caches) gives ``p > 1``, for the caller to see.
-    """
-    k = np.asarray(threads, dtype=float)
-    s = np.asarray(speedups, dtype=float)
-    if k.shape != s.shape or k.ndim != 1:
-        raise ValueError(f"threads and speedups must be 1-D of one length, got {k.shape}, {s.shape}")
-    if np.any(s <= 0) or np.any(k < 1):
-        raise ValueError("speedups must be positive and thread counts ≥ 1")
-    many = k > 1
-    if not many.any():
-        raise ValueError("fitting Amdahl's law needs at least one measurement with K > 1")
-    x, y = 1.0 / k[many] - 1.0, 1.0 / s[many] - 1.0
-    return float(np.dot(x, y) / np.dot(x, x))
 
 
 def best_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
@@ -156,7 +135,7 @@ def measure_cpu(quick: bool = False) -> CpuRoofline:
     x, y, z = torch.rand(elements), torch.rand(elements), torch.empty(elements)
     mm = thread_speedups(lambda: a @ b, counts, repeats=repeats)
     add = thread_speedups(lambda: torch.add(x, y, out=z), counts, repeats=repeats)
-    fit = {name: (fit_amdahl(list(s), list(s.values())) if len(s) > 1 else float("nan"))
+    fit = {name: (perf.fit_amdahl(s) if len(s) > 1 else float("nan"))
            for name, s in (("mm", mm), ("add", add))}
     return CpuRoofline(cores=available_cores(), copy_bandwidth=streams["copy"],
                        triad_bandwidth=streams["triad"], peak_flops=peak, matmul_size=n,

@@ -32,25 +32,6 @@ def test_intensity_of_the_book_kernels():
         roofline.intensity(1, 0)
 
 
-@pytest.mark.parametrize("serial", [0.0, 0.05, 0.3, 0.9])
-def test_fit_amdahl_recovers_a_known_serial_fraction(serial):
-    threads = [1, 2, 4, 8, 16]
-    speedups = perf.amdahl_speedup(1 - serial, np.array(threads))
-    assert 1 - roofline.fit_amdahl(threads, speedups) == pytest.approx(serial, abs=1e-12)
-
-
-def test_fit_amdahl_with_noise_stays_close():
-    rng = np.random.default_rng(0)
-    threads = np.array([2, 4, 8, 16, 32] * 4)
-    speedups = perf.amdahl_speedup(0.9, threads) * (1 + 0.01 * rng.standard_normal(threads.size))
-    assert roofline.fit_amdahl(threads, speedups) == pytest.approx(0.9, abs=0.01)
-
-
-def test_fit_amdahl_needs_more_than_one_thread():
-    with pytest.raises(ValueError, match="at least one measurement with K > 1"):
-        roofline.fit_amdahl([1], [1.0])
-
-
 def test_measure_cpu_reports_positive_figures_in_si_units_and_restores_threads():
     before = torch.get_num_threads()
     cpu = roofline.measure_cpu(quick=True)
