@@ -13,11 +13,12 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
+MERMAID     := $(VENV)/share/parcourse/mermaid/VERSION
 TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
 .PHONY: book test venv clean browser gpu-check
 
-venv: $(STAMP)
+venv: $(STAMP) $(MERMAID)
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt scripts/install-horovod.sh
 	$(PYTHON) -m venv $(VENV)
@@ -26,18 +27,28 @@ $(STAMP): pyproject.toml requirements.txt requirements-dev.txt scripts/install-h
 	scripts/install-horovod.sh $(BIN)/python
 	touch $@
 
-book: $(STAMP)
+# Mermaid's JavaScript (the book's diagrams) from the npm registry, served by the site itself.
+$(MERMAID): scripts/install-mermaid.sh | $(STAMP)
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq npm >/dev/null; }
+	scripts/install-mermaid.sh $(VENV)
+
+book: $(STAMP) $(MERMAID)
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 
-test: $(STAMP) browser
+test: $(STAMP) $(MERMAID) browser
 	$(BIN)/python -m pytest
 
 # The real-browser test drives Debian's Chromium (never a downloaded browser). As root
 # with apt-get it is installed here; elsewhere install it yourself, or that test skips.
+# A Chinese font lets its screenshots show the chapters' Chinese titles.
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: no chromium, and no root to install it: the browser test will skip"
+	@fc-list :lang=zh 2>/dev/null | grep -q . || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq fonts-wqy-microhei >/dev/null; } \
+	  || echo "note: no Chinese font: screenshots show boxes for the Chinese titles"
 
 # On a CUDA machine: the GPU tests, every notebook (nbmake), `python -m parcourse bench kernels`,
 # and one JSON report in book/data/gpu/ (see parcourse/kernels/gpu_check.py). ~10 min on an H100.

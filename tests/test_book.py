@@ -1,14 +1,20 @@
 """The book: its table of contents mirrors the source document, every notebook starts with
-the same install cell, and the site builds with Sphinx warnings treated as errors."""
+the same install cell, the site builds with Sphinx warnings treated as errors, and every
+notebook page links to its notebook on Colab and Binder and for download.
+
+The build itself runs once per test run (the ``book_build`` fixture in conftest.py);
+tests/test_site_browser.py opens its pages in a real browser."""
 
 import json
 import re
-import subprocess
-import sys
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 import yaml
+
+from book_pages import NOTEBOOK_PAGES, SPECIAL_PAGES, TOC_PAGES, built_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
@@ -101,12 +107,12 @@ def test_requirements_never_pin_torch_exactly():
     assert ">=" in torch_line and "==" not in torch_line
 
 
-def test_book_builds_with_warnings_as_errors():
-    jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    done = subprocess.run([str(jupyter_book), "build", str(ROOT), "--warningiserror",
-                           "--nitpick", "--keep-going"],
-                          capture_output=True, text=True, timeout=1800, cwd=ROOT)
+def test_book_builds_with_warnings_as_errors(book_build):
+    done = book_build
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    # every page of _toc.yml is built, and nothing else (tests/test_site_browser.py opens
+    # the pages of _toc.yml, so it sees the whole site)
+    assert sorted(built_pages(ROOT / "_build/html")) == sorted(TOC_PAGES + SPECIAL_PAGES)
     chapter = (ROOT / "_build/html/book/03_algorithms/algorithms.html").read_text()
     assert "_static/mathjax/tex-mml-chtml.js" in chapter  # formulas render offline
     assert "cdn.jsdelivr.net/npm/mathjax" not in chapter
@@ -115,3 +121,82 @@ def test_book_builds_with_warnings_as_errors():
     for path in PAGES:
         assert f'href="{Path(path).relative_to("book")}.html"' in index or \
                f'{Path(path).name}.html' in index, path
+
+
+# --- launch and download buttons -------------------------------------------------------
+
+class Buttons(HTMLParser):
+    """The header's launch links (title "Launch on …") and download links."""
+
+    def __init__(self):
+        super().__init__()
+        self.launch, self.download = {}, []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        title = attrs.get("title") or ""
+        if tag == "a" and title.startswith("Launch on "):
+            self.launch[title.removeprefix("Launch on ")] = attrs["href"]
+        elif tag == "a" and "download" in (attrs.get("class") or ""):
+            self.download.append(attrs["href"])
+
+
+def expected_launch_links(docname: str) -> dict[str, str]:
+    """The launch link of each service configured in _config.yml, for one notebook page."""
+    repo = urlsplit(CONFIG["repository"]["url"])
+    assert repo.netloc == "github.com", "Colab and Binder links need a GitHub repository"
+    org_repo = repo.path.strip("/")
+    branch = CONFIG["repository"].get("branch", "main")
+    launch = CONFIG["launch_buttons"]
+    tree = {"classic": "tree", "jupyterlab": "lab/tree"}[launch.get("notebook_interface",
+                                                                    "classic")]
+    notebook = f"{docname}.ipynb"  # the repository root holds the book (no path_to_book)
+    links = {}
+    if launch.get("colab_url"):
+        links["Colab"] = f"{launch['colab_url'].rstrip('/')}/github/{org_repo}/blob/{branch}/{notebook}"
+    if launch.get("binderhub_url"):
+        links["Binder"] = (f"{launch['binderhub_url'].rstrip('/')}/v2/gh/{org_repo}/{branch}"
+                           f"?urlpath={tree}/{notebook}")
+    if launch.get("jupyterhub_url"):  # nbgitpuller clones the repository into the hub
+        query = urlencode({"repo": CONFIG["repository"]["url"],
+                           "urlpath": f"{tree}/{org_repo.split('/')[1]}/{notebook}",
+                           "branch": branch}, safe="/")
+        links["JupyterHub"] = f"{launch['jupyterhub_url'].rstrip('/')}/hub/user-redirect/git-pull?{query}"
+    return links
+
+
+def test_colab_and_binder_are_configured_for_the_repository():
+    launch = CONFIG["launch_buttons"]
+    assert launch["colab_url"] == "https://colab.research.google.com"
+    assert launch["binderhub_url"] == "https://mybinder.org"
+    assert len(NOTEBOOK_PAGES) >= 10  # the nine chapters and the errors appendix at least
+
+
+@pytest.mark.parametrize("docname", NOTEBOOK_PAGES)
+def test_notebook_page_launches_and_downloads_its_own_notebook(built_html, docname):
+    page = built_html / f"{docname}.html"
+    buttons = Buttons()
+    buttons.feed(page.read_text())
+    assert buttons.launch == expected_launch_links(docname)
+    assert (ROOT / f"{docname}.ipynb").is_file()  # what the launch links open
+    # the download button serves the notebook itself, as stored in the repository
+    notebooks = [href for href in buttons.download if href.endswith(".ipynb")]
+    assert len(notebooks) == 1, buttons.download
+    served = (page.parent / notebooks[0]).resolve()
+    assert served == (built_html / "_sources" / f"{docname}.ipynb").resolve()
+    assert json.loads(served.read_text()) == json.loads((ROOT / f"{docname}.ipynb").read_text())
+
+
+def test_binder_installs_cpu_torch_and_the_package_with_its_lower_bounds():
+    """Binder reads binder/: the requirements are requirements.txt's own (lower bounds),
+    torch comes from PyTorch's CPU index, and postBuild installs the package itself."""
+    lines = [line.split("#")[0].strip()
+             for line in (ROOT / "binder/requirements.txt").read_text().splitlines()]
+    lines = [line for line in lines if line]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+    assert "-r ../requirements.txt" in lines  # one list of requirements, not two
+    assert (ROOT / "binder" / "../requirements.txt").resolve() == ROOT / "requirements.txt"
+    assert not [line for line in lines if not line.startswith("-")], lines
+    post_build = ROOT / "binder/postBuild"
+    assert post_build.stat().st_mode & 0o111  # Binder runs it as a program
+    assert "pip install --no-cache-dir --no-deps ." in post_build.read_text()

@@ -1,12 +1,21 @@
-"""A static figure of parcourse.widgets in a real browser, offline.
+"""The site in a real browser, offline.
 
-A one-page book (myst-nb, the book's theme and its offline_js extension) holds the
-precomputed figure; headless Chromium opens it with every request outside the local
-server blocked, and moving a slider must redraw the plot without a console error.
-Needs Chromium at /usr/bin/chromium (Debian: ``apt-get install chromium``).
+First a one-page book (myst-nb, the book's theme and its offline_js extension) holding
+one precomputed figure of parcourse.widgets: moving a slider must redraw the plot, with
+and without an AMD loader on the page. Then the real book, as built by the tests'
+``book_build`` fixture (once per test run): every page of ``_toc.yml``, and the search
+and index pages, opens in headless Chromium with every request outside the local server
+blocked, and must show no console error and no failed request, a sidebar that lists
+every page of ``_toc.yml``, formulas without MathJax errors, Mermaid diagrams drawn as
+SVG, and interactive figures whose every slider changes the plotted data. Screenshots of
+chapters 3, 5 and 6 go to ``_build/screenshots/``.
+
+Needs Chromium at /usr/bin/chromium (Debian: ``apt-get install chromium``, which
+``make test`` runs where it can); never a browser downloaded by Playwright.
 """
 
 import http.server
+import json
 import threading
 from functools import partial
 from pathlib import Path
@@ -15,6 +24,7 @@ import nbformat
 import numpy as np
 import pytest
 
+from book_pages import SPECIAL_PAGES, TOC, TOC_PAGES
 from parcourse import perf, widgets
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -42,6 +52,14 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def serve(folder: Path):
+    """An HTTP server for ``folder`` on 127.0.0.1 (a free port), in a daemon thread."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """Build the one-page book and serve it on 127.0.0.1; yields its URL."""
@@ -67,10 +85,10 @@ def site(tmp_path_factory):
                                  'html_context = {"default_mode": "light"}\n'
                                  'nb_execution_mode = "off"\n')
     assert build_main(["-q", "-W", "-b", "html", str(src), str(out)]) == 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(out)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server, url = serve(out)
+    yield url
     server.shutdown()
+    server.server_close()
 
 
 @pytest.mark.parametrize("amd", [False, True], ids=["plain page", "page with an AMD loader"])
@@ -111,3 +129,148 @@ def test_slider_redraws_the_precomputed_figure_offline(site, amd, tmp_path):
     assert after[0] == pytest.approx(list(perf.amdahl_speedup(0.9, np.arange(1, 5))), rel=1e-5)
     assert after[1] == pytest.approx(list(perf.gustafson_speedup(0.9, np.arange(1, 5))), rel=1e-5)
     assert after != before and amd_defines == 0
+
+
+# --- the real book ---------------------------------------------------------------------
+
+WAIT_MS = 30_000  # the longest any single wait in the browser may take
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+CHAPTERS = [Path(entry["file"]).with_suffix("").as_posix() for part in TOC["parts"]
+            if part["caption"] == "Chapters" for entry in part["chapters"]]
+SCREENSHOT_PAGES = {CHAPTERS[n - 1]: f"chapter-{n}" for n in (3, 5, 6) if n <= len(CHAPTERS)}
+SIDEBAR_LINKS = """Array.from(document.querySelectorAll('.bd-sidebar-primary nav.bd-docs-nav a[href]'))
+                   .map(a => a.href.split('#')[0])"""
+MATH_DONE = """() => {  // MathJax has typeset the page (or the page loads no MathJax)
+    if (!document.querySelector('script[src*="mathjax/"]')) return true;
+    const mathjax = window.MathJax;  // the configuration object until MathJax has loaded
+    if (!mathjax || !mathjax.startup || !mathjax.startup.promise) return false;
+    if (!window.parcourseMathWatched) {
+        window.parcourseMathWatched = true;
+        mathjax.startup.promise.then(() => { window.parcourseMathDone = true; });
+    }
+    return window.parcourseMathDone === true;
+}"""
+PLOT_DATA = "el => JSON.stringify(el.data.map(t => [t.x, t.y]))"  # what Plotly draws
+
+
+@pytest.fixture(scope="module")
+def book_site(built_html):
+    """The built book (the book_build fixture), served on 127.0.0.1; yields its URL."""
+    server, url = serve(built_html)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium under Playwright, closed (with its driver) after the module."""
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    browser = None
+    try:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                             timeout=WAIT_MS)
+        yield browser
+    finally:
+        if browser is not None:
+            browser.close()
+        playwright.stop()
+
+
+def open_offline(browser, url: str, site: str):
+    """Open ``url`` in a fresh tab that may reach ``site`` only; returns the tab and the
+    lists that collect console errors, blocked requests and failed requests."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(WAIT_MS)
+    errors, outside, failed = [], [], []
+
+    def local_only(route):
+        if route.request.url.startswith(site):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", local_only)
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfailed", lambda r: r.url.startswith(site) and failed.append(
+        f"{r.url}: {r.failure}"))
+    page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.url}: {r.status}"))
+    page.goto(url, wait_until="load", timeout=WAIT_MS)
+    page.wait_for_load_state("networkidle", timeout=WAIT_MS)
+    return page, errors, outside, failed
+
+
+def check_figure(page, figure) -> int:
+    """Move every slider of one static figure one step; each move must redraw the plot
+    with other data and show the slider's new value. Returns the number of sliders."""
+    plot = figure.locator(".parcourse-explore-plot")
+    plot.wait_for(state="attached")
+    figure.scroll_into_view_if_needed()
+    page.wait_for_function("el => Array.isArray(el.data) && el.data.length > 0",
+                           arg=plot.element_handle(), timeout=WAIT_MS)
+    spec = json.loads(figure.locator("script.parcourse-explore-data").text_content())
+    sliders = figure.locator("input[type=range]")
+    for i in range(sliders.count()):
+        slider = sliders.nth(i)
+        name = slider.get_attribute("data-param")
+        before = plot.evaluate(PLOT_DATA)
+        at, top = int(slider.input_value()), int(slider.get_attribute("max"))
+        slider.focus()
+        page.keyboard.press("ArrowLeft" if at == top else "ArrowRight")
+        moved = at - 1 if at == top else at + 1
+        assert int(slider.input_value()) == moved, name
+        page.wait_for_function(f"el => ({PLOT_DATA})(el) !== {json.dumps(before)}",
+                               arg=plot.element_handle(), timeout=WAIT_MS)
+        assert figure.locator(f"input[data-param='{name}'] + output").text_content() \
+            == spec["labels"][name][moved]
+    return sliders.count()
+
+
+@pytest.mark.parametrize("docname", TOC_PAGES + SPECIAL_PAGES)
+def test_page_works_offline_in_a_real_browser(chromium, book_site, docname):
+    page, errors, outside, failed = open_offline(chromium, f"{book_site}{docname}.html",
+                                                 book_site)
+    try:
+        page.wait_for_function(MATH_DONE, timeout=WAIT_MS)
+        assert page.locator("mjx-merror").count() == 0  # every formula parsed
+        shot = SCREENSHOT_PAGES.get(docname)
+        if shot:  # the top of the page, as a reader first sees it
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"))
+        sidebar = set(page.evaluate(SIDEBAR_LINKS))
+        missing = [name for name in TOC_PAGES if f"{book_site}{name}.html" not in sidebar]
+        assert missing == [], f"the sidebar lacks {missing}"
+
+        diagrams = page.locator("pre.mermaid")
+        for i in range(diagrams.count()):
+            diagrams.nth(i).scroll_into_view_if_needed()
+            svg = diagrams.nth(i).locator("svg").first
+            svg.wait_for(state="visible", timeout=WAIT_MS)
+            # Mermaid draws a syntax error as an SVG too, with this role
+            assert svg.get_attribute("aria-roledescription") != "error"
+        figures = page.locator(".parcourse-explore")
+        sliders = [check_figure(page, figures.nth(i)) for i in range(figures.count())]
+        assert all(n > 0 for n in sliders)
+
+        if shot and figures.count():  # the first figure after its sliders moved
+            figures.first.screenshot(path=str(SCREENSHOTS / f"{shot}-figure.png"))
+        page.wait_for_load_state("networkidle", timeout=WAIT_MS)
+    except Exception as failure:  # a wait that timed out often has a console error behind it
+        raise AssertionError(f"{failure}\nconsole errors: {errors}\nrequests that left the "
+                             f"site: {outside}\nfailed requests: {failed}") from failure
+    finally:
+        page.context.close()
+    assert errors == [], errors
+    assert outside == [], f"requests that left the site: {outside}"
+    assert failed == [], failed
+
+
+def test_the_site_has_diagrams_and_interactive_figures(built_html):
+    """The checks above are not vacuous: the preface draws a Mermaid diagram, and at least
+    one chapter holds an interactive figure."""
+    pages = {name: (built_html / f"{name}.html").read_text() for name in TOC_PAGES}
+    assert 'class="mermaid"' in pages["book/preface"]
+    assert any('class="parcourse-explore"' in html for html in pages.values())

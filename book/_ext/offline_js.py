@@ -12,6 +12,14 @@ MathJax, which renders the book's formulas, is served the same way: its ES5 buil
 fonts come from the ``django-static-mathjax`` package (MathJax 3 as plain static files,
 no Django needed) and ``mathjax_path`` points at the local copy instead of a CDN.
 
+Mermaid, which draws the book's diagrams (``{mermaid}`` blocks, through
+sphinxcontrib-mermaid), is served the same way when that extension is loaded: its
+ES-module build comes from the npm registry's ``mermaid`` package, which
+``scripts/install-mermaid.sh`` unpacks into the virtual environment
+(``share/parcourse/mermaid``; ``make book`` and ``make test`` run it), and
+``mermaid_use_local`` points at the copy in ``_static/mermaid``. sphinxcontrib-mermaid's
+optional add-ons (ELK layout, ZenUML, d3 zoom) would load from a CDN: they stay off.
+
 plotly.js hides from an AMD loader (require.js, which myst-nb adds to pages with
 ipywidgets state): some of its bundles register as an anonymous AMD module when
 ``define.amd`` exists, and then no global ``Plotly`` is defined. The two inline scripts
@@ -23,6 +31,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from sphinx.errors import ExtensionError
@@ -90,14 +99,45 @@ def copy_mathjax(app) -> None:
                         dirs_exist_ok=True)
 
 
+MERMAID = "sphinxcontrib.mermaid"
+MERMAID_MODULE = "mermaid.esm.min.mjs"
+
+
+def mermaid_dist() -> Path:
+    """The folder of Mermaid's ES-module build that scripts/install-mermaid.sh unpacked."""
+    folder = Path(sys.prefix) / "share" / "parcourse" / "mermaid"
+    if not (folder / MERMAID_MODULE).is_file():
+        raise ExtensionError(f"the book's diagrams need Mermaid served locally, and {folder} "
+                             f"has no {MERMAID_MODULE}: run scripts/install-mermaid.sh "
+                             f"{sys.prefix} (make book runs it)")
+    return folder
+
+
+def use_local_mermaid(app, config) -> None:
+    """Point sphinxcontrib-mermaid at the copy in ``_static/mermaid`` instead of a CDN."""
+    if MERMAID in config.extensions:
+        config.mermaid_use_local = f"mermaid/{MERMAID_MODULE}"  # relative to _static/
+
+
+def copy_mermaid(app) -> None:
+    """Copy Mermaid's ES-module build into the HTML output's ``_static/mermaid`` folder."""
+    if app.builder.format == "html" and MERMAID in app.config.extensions:
+        shutil.copytree(mermaid_dist(), Path(app.outdir) / "_static" / "mermaid",
+                        dirs_exist_ok=True)
+
+
 def setup(app):
-    """Register the extension: static figures in executed notebooks, plotly.js and MathJax
-    served locally."""
+    """Register the extension: static figures in executed notebooks; plotly.js, MathJax and
+    Mermaid served locally."""
     os.environ["PARCOURSE_FIGURES"] = "static"
     plotly_js()  # fail at start, not after executing every notebook
     mathjax_es5()
+    if MERMAID in app.config.extensions:
+        mermaid_dist()
     app.connect("config-inited", use_local_mathjax)
+    app.connect("config-inited", use_local_mermaid)
     app.connect("builder-inited", copy_plotly_js)
     app.connect("builder-inited", copy_mathjax)
+    app.connect("builder-inited", copy_mermaid)
     app.connect("html-page-context", load_on_figure_pages)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
