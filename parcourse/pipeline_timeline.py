@@ -19,9 +19,14 @@ COLORS = {"F": "#1f77b4", "B": "#ff7f0e"}
 GAP = float("nan")  # breaks a line between two segments
 
 
-def simulate(name: str, stages: int, microbatches: int, forward: float = 1.0,
-             backward: float = 2.0, link: float = 0.0) -> list[Event]:
-    """The timeline of one step of schedule ``name`` with fixed pass and message times."""
+def simulate(name: str, stages: int, microbatches: int, forward=1.0, backward=2.0,
+             link: float = 0.0) -> list[Event]:
+    """The timeline of one step of schedule ``name`` with fixed pass and message times.
+
+    ``forward`` and ``backward`` are one time for every stage, or a list with one time
+    per stage (unequal stages: see :func:`stage_times`)."""
+    forward = forward if isinstance(forward, (list, tuple)) else [forward] * stages
+    backward = backward if isinstance(backward, (list, tuple)) else [backward] * stages
     plans = [schedule(name, s, stages, microbatches) for s in range(stages)]
     position, free, done, events = [0] * stages, [0.0] * stages, {}, []
     while any(position[s] < len(plans[s]) for s in range(stages)):
@@ -40,7 +45,7 @@ def simulate(name: str, stages: int, microbatches: int, forward: float = 1.0,
             if ready is None:
                 continue
             start = max(free[s], ready + wait)
-            end = start + (forward if kind == "F" else backward)
+            end = start + (forward[s] if kind == "F" else backward[s])
             events.append(Event(0, s, kind, m, start, end))
             done[s, kind, m], free[s] = end, end
             position[s] += 1
@@ -48,6 +53,19 @@ def simulate(name: str, stages: int, microbatches: int, forward: float = 1.0,
         if not progressed:
             raise RuntimeError(f"schedule {name!r} deadlocks")  # never for valid schedules
     return events
+
+
+def stage_times(events: list[Event], stages: int) -> tuple[list[float], list[float]]:
+    """Mean forward and backward time of one micro-batch on each stage, over the recorded
+    steps (the first step, which pays for warm-up, left out when there are others)."""
+    steps = sorted({e.step for e in events})
+    kept = [e for e in events if e.step in set(steps[1:] or steps)]
+
+    def mean(stage, kind):
+        times = [e.end - e.start for e in kept if e.stage == stage and e.kind == kind]
+        return sum(times) / len(times)
+
+    return ([mean(s, "F") for s in range(stages)], [mean(s, "B") for s in range(stages)])
 
 
 def gantt_series(events: list[Event], stages: int) -> dict[str, Series]:

@@ -28,3 +28,13 @@ def test_gantt_series_draws_one_segment_per_pass():
     series = pipeline_timeline.gantt_series(events, 2)
     assert set(series) == {"forward", "backward"}
     assert len(series["forward"].x) == 3 * 2 * 3  # (start, end, gap) per forward pass
+
+
+def test_an_unequal_stage_sets_the_pace():
+    """Stage 1 twice as slow as stage 0: the step takes M passes of the slow stage plus the
+    fill and drain, and the bubble exceeds the formula's."""
+    events = pipeline_timeline.simulate("gpipe", 2, 4, forward=[1.0, 2.0], backward=[2.0, 4.0])
+    assert max(e.end for e in events) == pytest.approx(1.0 + 4 * 2.0 + 4 * 4.0 + 2.0)
+    assert pipeline.bubble_measured(events, 2) > pipeline.bubble_theory(2, 4)
+    forward, backward = pipeline_timeline.stage_times(events, 2)
+    assert forward == pytest.approx([1.0, 2.0]) and backward == pytest.approx([2.0, 4.0])
