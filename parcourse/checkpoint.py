@@ -59,3 +59,36 @@ def compatible(saved: dict, config: dict) -> str | None:
     if saved["next_step"] > config["steps"]:
         return f"it is already at step {saved['next_step']}, past --steps {config['steps']}"
     return None
+
+
+def merge_optimizer_states(parts: list[dict | None]) -> dict:
+    """The optimizer state of the unsplit model from those of its consecutive parts.
+
+    ``parts[s]`` is ``optimizer.state_dict()`` of the optimizer over part s's parameters
+    (None for a part without parameters). PyTorch numbers an optimizer's parameters
+    0, 1, … in order, and the parts of a pipeline are consecutive slices of the model, so
+    part s's parameter i is the whole model's parameter (number before part s) + i. A
+    checkpoint stored this way resumes under any strategy, split or not.
+    """
+    state, groups, offset = {}, [], 0
+    for part in parts:
+        if part is None:
+            continue
+        (group,) = part["param_groups"]
+        count = len(group["params"])
+        state.update({offset + i: value for i, value in part["state"].items()})
+        if groups:
+            groups[0]["params"] += [offset + i for i in range(count)]
+        else:
+            groups = [dict(group, params=list(range(count)))]
+        offset += count
+    return {"state": state, "param_groups": groups}
+
+
+def split_optimizer_state(full: dict, start: int, count: int) -> dict:
+    """The state of an optimizer over the whole model's parameters ``start … start+count−1``
+    (the inverse of :func:`merge_optimizer_states`)."""
+    (group,) = full["param_groups"]
+    return {"state": {i - start: value for i, value in full["state"].items()
+                      if start <= i < start + count},
+            "param_groups": [dict(group, params=list(range(count)))]}

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from . import data as datasets
-from . import launch, partition, pipeline, tensor_parallel
+from . import checkpoint, launch, partition, pipeline, tensor_parallel
 from .errors import ConfigError
 from .models import build_model
 
@@ -82,11 +82,13 @@ def pipeline_worker(rank: int, world_size: int, config):
                                 config.microbatches)
     trainable = list(part.parameters())
     optimizer = make_optimizer(config.optimizer, trainable, config.lr) if trainable else None
+    first_parameter = len(list(model[:start].parameters()))
     losses = torch.zeros(config.steps, dtype=torch.float64)
+    first_step = _restore(config, part, optimizer, first_parameter, losses, rank)
     timeline, n = [], len(dataset.train_y)
-    bar = _progress(config, enabled=rank == 0)
+    bar = _progress(config, enabled=rank == 0, initial=first_step)
     t0 = pipeline.common_clock_origin(device)
-    for step in range(config.steps):
+    for step in range(first_step, config.steps):
         mine = datasets.shard(datasets.global_batch(n, config.batch_size, step, config.seed),
                               replica, replicas)
         micro = [datasets.shard(mine, m, config.microbatches) for m in range(config.microbatches)]
@@ -102,6 +104,8 @@ def pipeline_worker(rank: int, world_size: int, config):
             optimizer.step()
         losses[step] = loss
         timeline += events
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+            _save(config, part, optimizer, losses, step + 1, rank, world_size, device)
         bar.update(1)
     seconds = time.perf_counter() - t0
     bar.close()
@@ -126,6 +130,47 @@ def pipeline_worker(rank: int, world_size: int, config):
     result.peak_in_flight = [peak for _, _, _, peak in gathered[:stages]]
     result.stage_layers = ranges
     return result
+
+
+def _restore(config, part, optimizer, first_parameter: int, losses: torch.Tensor,
+             rank: int) -> int:
+    """Load this stage's parameters and optimizer state from a checkpoint of the unsplit
+    model (written by any strategy); return the step to continue from (0 if none)."""
+    from .train import _resumable
+
+    if not _resumable(config):
+        return 0
+    saved = checkpoint.load(config.checkpoint)
+    part.load_state_dict({key: saved["model"][key] for key in part.state_dict()})
+    if optimizer is not None:
+        count = len(list(part.parameters()))
+        optimizer.load_state_dict(
+            checkpoint.split_optimizer_state(saved["optimizer"], first_parameter, count))
+    if rank == 0:  # the losses so far, counted once in the final sum over workers
+        losses[:saved["next_step"]] = torch.tensor(saved["losses"], dtype=losses.dtype)
+    return saved["next_step"]
+
+
+def _save(config, part, optimizer, losses: torch.Tensor, next_step: int, rank: int,
+          world_size: int, device) -> None:
+    """Gather every stage's parameters and optimizer state; rank 0 writes them as one
+    checkpoint of the unsplit model (replica 0's copy: all replicas are equal)."""
+    from dataclasses import asdict
+
+    so_far = losses[:next_step].clone().to(device)  # a copy: the sum must not stay in losses
+    dist.all_reduce(so_far)
+    stages = config.stages
+    mine = ({k: v.detach().cpu().clone() for k, v in part.state_dict().items()},
+            optimizer.state_dict() if optimizer is not None else None)
+    gathered = [None] * world_size if rank == 0 else None
+    dist.gather_object(mine, gathered, dst=0)
+    if rank == 0:
+        model_state = {k: v for part_state, _ in gathered[:stages] for k, v in part_state.items()}
+        checkpoint.save(config.checkpoint, model_state=model_state,
+                        optimizer_state=checkpoint.merge_optimizer_states(
+                            [opt for _, opt in gathered[:stages]]),
+                        next_step=next_step, losses=so_far.cpu().tolist(),
+                        config=asdict(config))
 
 
 def _sum_gradients(module: torch.nn.Module, group) -> None:

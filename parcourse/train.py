@@ -167,9 +167,8 @@ def _validate_model_parallel(config: TrainConfig, check) -> None:
     check(pipelined or config.microbatches == 1,
           f"--microbatches works with the pipeline strategies ({', '.join(PIPELINES)}), "
           f"not --strategy {config.strategy}")
-    check(config.strategy not in MODEL_PARALLEL or not (config.checkpoint or config.resume),
-          f"--checkpoint and --resume work with --strategy single and the data-parallel "
-          f"strategies, not --strategy {config.strategy}")
+    check(config.strategy != "tensor" or not (config.checkpoint or config.resume),
+          "--checkpoint and --resume work with every strategy except tensor")
     model = MODELS[config.model]()
     if config.strategy == "tensor":
         tensor_parallel.check_splittable(model, config.workers)

@@ -45,6 +45,46 @@ def test_resume_with_more_workers_continues_the_same_computation(tmp_path):
         torch.testing.assert_close(resumed.state_dict[key], value, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("first, then", [
+    (dict(strategy="pipeline-1f1b", workers=2, microbatches=2), dict()),
+    (dict(), dict(strategy="dp-pp", workers=4, stages=2, microbatches=2)),
+    (dict(strategy="pipeline-gpipe", workers=3, microbatches=4),
+     dict(strategy="pipeline-1f1b", workers=2)),
+])
+def test_checkpoints_hold_the_unsplit_model_and_resume_under_any_strategy(tmp_path, first,
+                                                                           then):
+    """A pipeline's checkpoint is the unsplit model's parameters and Adam state, so a run
+    split one way resumes split another way, or not split at all."""
+    path = str(tmp_path / "ck.pt")
+    full = train(BASE)
+    train(config(steps=10, checkpoint=path, checkpoint_every=5, **first))
+    saved = checkpoint.load(path)
+    assert list(saved["model"]) == list(full.state_dict)
+    assert len(saved["optimizer"]["state"]) == len(full.state_dict)  # Adam: every parameter
+    resumed = train(config(checkpoint=path, resume=True, **then))
+    assert resumed.losses[:10] == pytest.approx(full.losses[:10], rel=1e-6)
+    for key, value in full.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_state_split_by_parts_and_merged_back_is_unchanged():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+    full = optimizer.state_dict()
+    parts = [checkpoint.split_optimizer_state(full, 0, 2), None,
+             checkpoint.split_optimizer_state(full, 2, 2)]
+    assert parts[2]["param_groups"][0]["params"] == [0, 1]
+    assert torch.equal(parts[2]["state"][1]["exp_avg"], full["state"][3]["exp_avg"])
+    merged = checkpoint.merge_optimizer_states(parts)
+    assert merged["param_groups"] == full["param_groups"]
+    assert merged["state"].keys() == full["state"].keys()
+    for i, state in full["state"].items():
+        for name, value in state.items():
+            assert torch.equal(merged["state"][i][name], value)
+
+
 def test_resume_without_a_checkpoint_starts_at_step_zero(tmp_path):
     result = train(config(steps=3, checkpoint=str(tmp_path / "none.pt"), resume=True))
     assert len(result.losses) == 3
@@ -130,9 +170,10 @@ def _kill_one_worker_when(path: Path, step: int, torchrun: subprocess.Popen) -> 
     return victim.pid
 
 
-def test_torchrun_restarts_a_killed_worker_from_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("strategy", [["ddp"], ["pipeline-1f1b", "--microbatches", "4"]])
+def test_torchrun_restarts_a_killed_worker_from_the_checkpoint(tmp_path, strategy):
     ck, out, reference = tmp_path / "ck.pt", tmp_path / "out.pt", tmp_path / "ref.pt"
-    args = ["train", "--strategy", "ddp", "--model", "complex", "--steps", "400",
+    args = ["train", "--strategy", *strategy, "--model", "complex", "--steps", "400",
             "--batch-size", "64", "--seed", "2", "--quiet"]
     done = subprocess.run([sys.executable, "-m", "parcourse", *args, "--workers", "2",
                            "--save", str(reference)], capture_output=True, text=True,
