@@ -223,3 +223,34 @@ def test_a_killed_worker_is_reported_with_its_rank_and_nothing_is_left(tmp_path)
                    for p in workers)
     again = parcourse("train", "--strategy", "ddp", "--workers", "2", "--steps", "3", "--quiet")
     assert again.returncode == 0, again.stderr  # and the next run works
+
+
+def test_a_hung_worker_is_stopped_at_the_timeout_and_reported(tmp_path):
+    """SIGSTOP freezes rank 1 mid-training, as a deadlock would: its peer waits in the
+    all-reduce, the command gives up at --timeout, names the ranks, and leaves nothing."""
+    import signal
+    import time
+
+    import psutil
+
+    run = subprocess.Popen([sys.executable, "-m", "parcourse", "train", "--strategy",
+                            "pipeline-1f1b", "--workers", "2", "--microbatches", "2",
+                            "--steps", "100000", "--timeout", "20", "--quiet"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    workers = []
+    while len(workers) < 2:
+        assert time.monotonic() < deadline, "workers did not start"
+        workers = [p for p in psutil.Process(run.pid).children()
+                   if "multiprocessing.spawn" in " ".join(p.cmdline())]
+        time.sleep(0.1)
+    time.sleep(3)  # let training begin
+    started = time.monotonic()
+    workers[1].send_signal(signal.SIGSTOP)
+    stdout, stderr = run.communicate(timeout=60)
+    assert time.monotonic() - started < 25  # within the timeout, not after the test's
+    assert run.returncode == 1
+    assert re.search(r"python -m parcourse train: failed: worker ranks? [01](, 1)? of 2 did "
+                     r"not finish within 20 s and (was|were) stopped", stderr), stderr[-2000:]
+    assert not any(psutil.pid_exists(p.pid) and p.status() != psutil.STATUS_ZOMBIE
+                   for p in workers)
