@@ -208,7 +208,7 @@ def train_command(args: argparse.Namespace) -> int:
     except (launch.WorkerError, launch.WorkerTimeout) as err:
         print(f"python -m parcourse train: failed: {err}", file=sys.stderr)
         return 1
-    if rank != 0:
+    if result is None:  # not rank 0 (for horovod-elastic: not rank 0 at the end)
         return 0
     if args.save:
         import torch

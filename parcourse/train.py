@@ -167,8 +167,11 @@ def _validate_model_parallel(config: TrainConfig, check) -> None:
     check(pipelined or config.microbatches == 1,
           f"--microbatches works with the pipeline strategies ({', '.join(PIPELINES)}), "
           f"not --strategy {config.strategy}")
-    check(config.strategy != "tensor" or not (config.checkpoint or config.resume),
-          "--checkpoint and --resume work with every strategy except tensor")
+    check(config.strategy not in ("tensor", "horovod-elastic")
+          or not (config.checkpoint or config.resume),
+          "--checkpoint and --resume work with every strategy except tensor and "
+          "horovod-elastic (which commits its state in memory every "
+          "10 steps)")
     model = MODELS[config.model]()
     if config.strategy == "tensor":
         tensor_parallel.check_splittable(model, config.workers)
@@ -368,6 +371,13 @@ def train_horovod(config: TrainConfig) -> TrainResult:
     return run_horovod(config, fp16=config.fp16_allreduce)
 
 
+def train_horovod_elastic(config: TrainConfig) -> TrainResult:
+    """Horovod's elastic data parallelism (see :mod:`parcourse.horovod_elastic`)."""
+    from .horovod_elastic import train_elastic
+
+    return train_elastic(config)
+
+
 def train_pipeline(config: TrainConfig) -> TrainResult:
     """Pipelines and data × pipeline grids (see :mod:`parcourse.model_parallel`)."""
     from .model_parallel import train_pipeline as run
@@ -384,10 +394,10 @@ def train_tensor(config: TrainConfig) -> TrainResult:
 
 STRATEGIES = {"single": train_single, "ddp": train_data_parallel,
               "dp-manual": train_data_parallel, "dp-bucketed": train_data_parallel,
-              "horovod": train_horovod,
+              "horovod": train_horovod, "horovod-elastic": train_horovod_elastic,
               "pipeline-gpipe": train_pipeline, "pipeline-1f1b": train_pipeline,
               "dp-pp": train_pipeline, "tensor": train_tensor}
 AVERAGING = ("ddp", "horovod")  # they average K local means, so they need equal shards
-DATA_PARALLEL = ("ddp", "dp-manual", "dp-bucketed", "horovod")
+DATA_PARALLEL = ("ddp", "dp-manual", "dp-bucketed", "horovod", "horovod-elastic")
 PIPELINES = ("pipeline-gpipe", "pipeline-1f1b", "dp-pp")
 MODEL_PARALLEL = (*PIPELINES, "tensor")

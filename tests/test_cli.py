@@ -147,14 +147,14 @@ ERR = "python -m parcourse train: error: "
     (["--steps", "-1"], ERR + "--steps must be at least 1 (got -1)"),
     (["--lr", "0"], ERR + "--lr must be positive (got 0.0)"),
     (["--strategy", "magic"], ERR + "unknown --strategy 'magic': choose one of single, ddp, "
-                                   "dp-manual, dp-bucketed, horovod, pipeline-gpipe, "
-                                   "pipeline-1f1b, dp-pp, tensor"),
+                                   "dp-manual, dp-bucketed, horovod, horovod-elastic, "
+                                   "pipeline-gpipe, pipeline-1f1b, dp-pp, tensor"),
     (["--model", "resnet"], ERR + "unknown --model 'resnet': choose one of simple, complex"),
     (["--optimizer", "lamb"], ERR + "unknown --optimizer 'lamb': choose one of sgd, adam"),
     (["--strategy", "single", "--workers", "2"],
      ERR + "--strategy single runs on one worker (got --workers 2): use a parallel "
-           "strategy (ddp, dp-manual, dp-bucketed, horovod, pipeline-gpipe, pipeline-1f1b, "
-           "dp-pp, tensor) for several"),
+           "strategy (ddp, dp-manual, dp-bucketed, horovod, horovod-elastic, pipeline-gpipe, "
+           "pipeline-1f1b, dp-pp, tensor) for several"),
     (["--accumulation", "0"], ERR + "--accumulation must be at least 1 (got 0)"),
     (["--strategy", "ddp", "--workers", "2", "--fp16-allreduce"],
      ERR + "--fp16-allreduce works with --strategy horovod (got --strategy ddp)"),

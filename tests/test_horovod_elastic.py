@@ -1,0 +1,55 @@
+"""Horovod's elastic API on CPU: a worker killed mid-run, the survivor rolls back to the
+last commit and finishes alone, with the parameters of an uninterrupted run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from parcourse.horovod_dp import horovod_available
+
+ROOT = Path(__file__).resolve().parents[1]
+HOROVODRUN = Path(sys.executable).with_name("horovodrun")
+ARGS = ["train", "--model", "complex", "--steps", "40", "--batch-size", "64", "--seed", "4",
+        "--lr", "0.05"]
+
+pytestmark = pytest.mark.skipif(not horovod_available(), reason="Horovod is not installed")
+
+
+def test_outside_horovodrun_the_strategy_says_how_to_start_it():
+    done = subprocess.run([sys.executable, "-m", "parcourse", "train", "--strategy",
+                           "horovod-elastic", "--workers", "2"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("python -m parcourse train: error: --strategy "
+                                  "horovod-elastic runs under an elastic horovodrun: horovodrun "
+                                  "-np 2 --min-np 1 --host-discovery-script HOSTS.sh")
+
+
+def test_a_killed_worker_leaves_the_survivor_to_finish_the_same_run(tmp_path):
+    """Rank 1 dies at step 25 (a fault drill); rank 0 rolls back to the commit of step 20
+    and trains steps 20–39 alone, on the whole batch."""
+    reference = tmp_path / "single.pt"
+    done = subprocess.run([sys.executable, "-m", "parcourse", *ARGS, "--quiet", "--save",
+                           str(reference)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    hosts = tmp_path / "hosts.sh"  # one machine under two names: a failure blacklists one
+    hosts.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
+    hosts.chmod(0o755)
+    out = tmp_path / "elastic.pt"
+    done = subprocess.run(
+        [str(HOROVODRUN), "-np", "2", "--min-np", "1", "--max-np", "2",
+         "--host-discovery-script", str(hosts), "--network-interface", "lo", "--gloo",
+         sys.executable, "-m", "parcourse", *ARGS, "--strategy", "horovod-elastic",
+         "--save", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PARCOURSE_KILL_AT": "1:25"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ("horovod-elastic: the workers changed, now 1; continuing from the last commit, "
+            "step 20") in done.stdout + done.stderr
+    survivor, uninterrupted = torch.load(out), torch.load(reference)
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(survivor[key], value, rtol=1e-5, atol=1e-6, msg=key)
