@@ -193,7 +193,31 @@ def tensor_worker(rank: int, world_size: int, config):
     dataset = datasets.load_dataset(config.dataset, seed=config.seed)
     model = tensor_parallel.parallelize(build_model(config.model, seed=config.seed),
                                         rank, world_size).to(device)
-    losses, seconds = fit(model, config, dataset, device, show_progress=rank == 0)
+    def restore(config, model, optimizer, losses, _rank):
+        from .train import _resumable
+
+        if not _resumable(config):
+            return 0
+        saved = checkpoint.load(config.checkpoint)
+        model_state, optimizer_state = tensor_parallel.shard_state(saved["model"], model,
+                                                                   rank, world_size)
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state(saved["optimizer"]))
+        losses[:saved["next_step"]] = torch.tensor(saved["losses"], dtype=losses.dtype)
+        return saved["next_step"]
+
+    def save(config, model, optimizer, losses, next_step, *_):
+        from dataclasses import asdict
+
+        model_state = tensor_parallel.full_state_dict(model)          # collectives: every
+        optimizer_state = tensor_parallel.full_optimizer_state(optimizer, model, world_size)
+        if rank == 0:                                                   # worker gathers
+            checkpoint.save(config.checkpoint, model_state=model_state,
+                            optimizer_state=optimizer_state, next_step=next_step,
+                            losses=losses[:next_step].tolist(), config=asdict(config))
+
+    losses, seconds = fit(model, config, dataset, device, show_progress=rank == 0,
+                          restore=restore, save=save)
     state = tensor_parallel.full_state_dict(model)
     if rank != 0:
         return None

@@ -194,6 +194,58 @@ def attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
     return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, heads * head_dim)
 
 
+def split_dims(model: nn.Module) -> list:
+    """For each parameter of ``model`` (in ``parameters()`` order): the dimension along
+    which it is split over the workers, or None if every worker holds all of it."""
+    dims = []
+    for layer in model.modules():
+        own = list(layer.parameters(recurse=False))
+        if isinstance(layer, ColumnParallelLinear):
+            dims += [0] * len(own)
+        elif isinstance(layer, RowParallelLinear):
+            dims += [1] + [None] * (len(own) - 1)
+        else:
+            dims += [None] * len(own)
+    return dims
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, world_size: int,
+                         group=None) -> dict:
+    """The optimizer state of the unsplit model: each per-parameter tensor (Adam's
+    moments) gathered along its parameter's split dimension; every worker must call it."""
+    state = optimizer.state_dict()
+    dims = split_dims(model)
+    full = {}
+    for index, values in state["state"].items():
+        full[index] = {key: (_gather(value, dims[index], world_size, group)
+                             if dims[index] is not None and value.dim() > 0 else value)
+                       for key, value in values.items()}
+    return {"state": full, "param_groups": state["param_groups"]}
+
+
+def shard_state(full: dict, model: nn.Module, rank: int, world_size: int) -> tuple[dict, callable]:
+    """This worker's slices of an unsplit model's state_dict, and a function that slices
+    an unsplit optimizer state the same way (the inverse of the two gathers above)."""
+    dims = split_dims(model)
+
+    def mine(value, dim):
+        if dim is None or value.dim() == 0:
+            return value
+        return value.narrow(dim, rank * value.shape[dim] // world_size,
+                            value.shape[dim] // world_size)
+
+    names = [name for name, _ in model.named_parameters()]
+    by_name = dict(zip(names, dims))
+    model_state = {k: mine(v, by_name.get(k)) for k, v in full.items()}
+
+    def optimizer_state(saved: dict) -> dict:
+        return {"state": {i: {k: mine(v, dims[i]) for k, v in values.items()}
+                          for i, values in saved["state"].items()},
+                "param_groups": saved["param_groups"]}
+
+    return model_state, optimizer_state
+
+
 class SelfAttention(nn.Module):
     """Plain multi-head self-attention, the single-device reference."""
 

@@ -167,11 +167,9 @@ def _validate_model_parallel(config: TrainConfig, check) -> None:
     check(pipelined or config.microbatches == 1,
           f"--microbatches works with the pipeline strategies ({', '.join(PIPELINES)}), "
           f"not --strategy {config.strategy}")
-    check(config.strategy not in ("tensor", "horovod-elastic")
-          or not (config.checkpoint or config.resume),
-          "--checkpoint and --resume work with every strategy except tensor and "
-          "horovod-elastic (which commits its state in memory every "
-          "10 steps)")
+    check(config.strategy != "horovod-elastic" or not (config.checkpoint or config.resume),
+          "--checkpoint and --resume do not apply to --strategy horovod-elastic, which "
+          "commits its state in memory every 10 steps")
     model = MODELS[config.model]()
     if config.strategy == "tensor":
         tensor_parallel.check_splittable(model, config.workers)
@@ -224,7 +222,7 @@ def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
         device: torch.device, rank: int = 0, world_size: int = 1, sync=None,
         optimizer: torch.optim.Optimizer | None = None,
         sum_over_workers=dist.all_reduce,
-        show_progress: bool | None = None) -> tuple[list, float]:
+        show_progress: bool | None = None, restore=None, save=None) -> tuple[list, float]:
     """The training loop shared by every strategy, run by each worker on its shard.
 
     Worker k back-propagates its local mean loss, times B_k/B when ``sync`` (a gradient
@@ -235,13 +233,16 @@ def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
     (summed over workers once, at the end, with ``sum_over_workers``) and the loop's wall
     time. ``optimizer`` defaults to ``config.optimizer`` over ``model.parameters()``.
     The progress bar shows on rank 0 unless ``show_progress`` says otherwise.
+    ``restore`` and ``save`` replace :func:`_restore` and :func:`_save` (same arguments)
+    for a model that is not a whole replica (tensor parallelism).
     """
+    restore, save = restore or _restore, save or _save
     if optimizer is None:
         optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
     n = len(dataset.train_y)
     share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
     losses = torch.zeros(config.steps, dtype=torch.float64)
-    first_step = _restore(config, getattr(model, "module", model), optimizer, losses, rank)
+    first_step = restore(config, getattr(model, "module", model), optimizer, losses, rank)
     bar = _progress(config, enabled=rank == 0 if show_progress is None else show_progress,
                     initial=first_step)
     start = time.perf_counter()
@@ -262,7 +263,7 @@ def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
         optimizer.step()
         losses[step] = local_loss * share
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-            _save(config, getattr(model, "module", model), optimizer, losses, step + 1,
+            save(config, getattr(model, "module", model), optimizer, losses, step + 1,
                   rank, world_size, sum_over_workers)
         bar.update(1)
         if step % 10 == 0 or step == config.steps - 1:

@@ -50,11 +50,13 @@ def test_resume_with_more_workers_continues_the_same_computation(tmp_path):
     (dict(), dict(strategy="dp-pp", workers=4, stages=2, microbatches=2)),
     (dict(strategy="pipeline-gpipe", workers=3, microbatches=4),
      dict(strategy="pipeline-1f1b", workers=2)),
+    (dict(strategy="tensor", workers=2), dict()),
+    (dict(), dict(strategy="tensor", workers=2)),
 ])
 def test_checkpoints_hold_the_unsplit_model_and_resume_under_any_strategy(tmp_path, first,
                                                                            then):
-    """A pipeline's checkpoint is the unsplit model's parameters and Adam state, so a run
-    split one way resumes split another way, or not split at all."""
+    """A pipeline's or tensor-parallel run's checkpoint is the unsplit model's parameters
+    and Adam state, so a run split one way resumes split another way, or not at all."""
     path = str(tmp_path / "ck.pt")
     full = train(BASE)
     train(config(steps=10, checkpoint=path, checkpoint_every=5, **first))

@@ -67,9 +67,9 @@ def test_pipeline_under_torchrun(tmp_path, single):
     (["--strategy", "pipeline-gpipe", "--workers", "2", "--partition", "9"],
      "--partition '9': cut points must increase strictly and lie between 1 and 5 (the model "
      "has 6 layers)"),
-    (["--strategy", "tensor", "--workers", "2", "--checkpoint", "c.pt"],
-     "--checkpoint and --resume work with every strategy except tensor and horovod-elastic "
-     "(which commits its state in memory every 10 steps)"),
+    (["--strategy", "horovod-elastic", "--workers", "2", "--checkpoint", "c.pt"],
+     "--checkpoint and --resume do not apply to --strategy horovod-elastic, which commits its "
+     "state in memory every 10 steps"),
 ])
 def test_bad_model_parallel_input_exits_2_before_any_worker_starts(args, message):
     done = parcourse("train", *COMMON, *args, timeout=60)
