@@ -78,7 +78,7 @@ def gantt_series(events: list[Event], stages: int) -> dict[str, Series]:
             if e.kind == kind:
                 xs += [e.start, e.end, GAP]
                 ys += [-e.stage, -e.stage, GAP]
-        series[label] = Series(xs, ys)
+        series[label] = Series(xs, ys, width=14)
     return series
 
 

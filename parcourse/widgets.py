@@ -50,12 +50,14 @@ class Series:
     """One curve of a figure: ``x`` and ``y`` values, drawn as ``mode`` with ``dash``.
 
     ``mode`` is ``"lines"``, ``"markers"`` or ``"lines+markers"``; ``dash`` is
-    ``"solid"``, ``"dash"`` or ``"dot"`` (Plotly's names; matplotlib gets the same look).
+    ``"solid"``, ``"dash"`` or ``"dot"`` (Plotly's names; matplotlib gets the same look);
+    ``width`` is the line width in pixels (thick segments draw bars, e.g. a Gantt chart).
     """
     x: Sequence[float]
     y: Sequence[float]
     mode: str = "lines"
     dash: str = "solid"
+    width: float = 2.0
 
 
 Curves = Mapping[str, Union[Series, Tuple[Sequence[float], Sequence[float]]]]
@@ -143,7 +145,7 @@ def _curves(result: Curves) -> list[dict]:
         if len(x) != len(y):
             raise ValueError(f"series {name!r} has {len(x)} x values but {len(y)} y values")
         traces.append({"name": str(name), "x": x, "y": y, "mode": series.mode,
-                       "dash": series.dash})
+                       "dash": series.dash, "width": series.width})
     return traces
 
 
@@ -184,7 +186,7 @@ _SCRIPT = Template("""(function () {
     }).join(",");
     var traces = spec.points[key].map(function (s) {
       return {type: "scatter", name: s.name, x: s.x, y: s.y, mode: s.mode,
-              line: {dash: s.dash}};
+              line: {dash: s.dash, width: s.width}};
     });
     var layout = JSON.parse(JSON.stringify(spec.layout));  // Plotly writes into it
     window.Plotly.react(plot, traces, layout, {responsive: true, displaylogo: false});
@@ -264,7 +266,8 @@ def _show_matplotlib(traces: list[dict], *, title, x_label, y_label, log_x, log_
         y = [math.nan if v is None else v for v in t["y"]]
         ax.plot(x, y, marker="o" if "markers" in t["mode"] else None,
                 linestyle=DASHES[t["dash"]] if "lines" in t["mode"] else "none",
-                color=COLORS[i % len(COLORS)], label=t["name"])
+                color=COLORS[i % len(COLORS)], label=t["name"],
+                linewidth=t["width"] * 0.75)  # pixels → points
     ax.set(title=title, xlabel=x_label, ylabel=y_label)
     for log, axis, set_scale in ((log_x, ax.xaxis, ax.set_xscale),
                                  (log_y, ax.yaxis, ax.set_yscale)):

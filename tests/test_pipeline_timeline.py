@@ -38,3 +38,8 @@ def test_an_unequal_stage_sets_the_pace():
     assert pipeline.bubble_measured(events, 2) > pipeline.bubble_theory(2, 4)
     forward, backward = pipeline_timeline.stage_times(events, 2)
     assert forward == pytest.approx([1.0, 2.0]) and backward == pytest.approx([2.0, 4.0])
+
+
+def test_gantt_bars_are_thick_segments():
+    series = pipeline_timeline.gantt_series(pipeline_timeline.simulate("1f1b", 2, 2), 2)
+    assert all(s.width > 2 for s in series.values())

@@ -61,9 +61,9 @@ def test_static_figure_embeds_every_points_data_and_one_slider_per_parameter(sho
     for (i, k), (j, b) in itertools.product(enumerate(GRID["K"]), enumerate(GRID["B"])):
         time, ideal = spec["points"][f"{i},{j}"]
         assert time == {"name": "time", "x": [1, 2, 3], "mode": "lines", "dash": "solid",
-                        "y": pytest.approx([k * b, k + b, k / b], rel=1e-6)}
+                        "width": 2.0, "y": pytest.approx([k * b, k + b, k / b], rel=1e-6)}
         assert ideal == {"name": "ideal", "x": [1, 3], "y": [k, k], "mode": "markers",
-                         "dash": "dot"}
+                         "dash": "dot", "width": 2.0}
     assert spec["layout"]["title"]["text"] == "Time <per> step"
     assert spec["layout"]["yaxis"]["type"] == "log" and "dtick" not in spec["layout"]["yaxis"]
     assert spec["layout"]["xaxis"]["dtick"] == pytest.approx(0.30103, rel=1e-5)  # log10 2
