@@ -223,7 +223,8 @@ def train_command(args: argparse.Namespace) -> int:
                        "overlap": result.overlap,
                        "config": vars(config)}, f, indent=1)
     if not config.quiet:
-        print(f"{config.strategy} on {config.workers} worker{'s' if config.workers > 1 else ''}: "
+        workers = result.config.workers  # horovod-elastic: the workers left at the end
+        print(f"{config.strategy} on {workers} worker{'s' if workers > 1 else ''}: "
               f"final loss {result.losses[-1]:.4f}, test accuracy {result.test_accuracy:.1%}, "
               f"{result.samples_per_second:,.0f} samples/s"
               + (f"; parameters saved to {args.save}" if args.save else ""))

@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +125,8 @@ def elastic_worker(config):
     seconds = time.perf_counter() - start
     result = None
     if hvd.rank() == 0:
-        result = TrainResult(config, _cpu_state(model), state.losses, seconds,
+        result = TrainResult(replace(config, workers=hvd.size()), _cpu_state(model),
+                             state.losses, seconds,
                              accuracy(model, dataset.test_x, dataset.test_y, device))
     hvd.shutdown()
     return result
