@@ -6,7 +6,6 @@ parameters agree to rounding error; we require |Δ| ≤ 1e-6 + 1e-5·|reference|
 """
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -195,15 +194,15 @@ def test_nccl_without_enough_gpus_is_refused():
     assert "use --backend gloo to run the workers as CPU processes" in done.stderr
 
 
-def test_a_killed_worker_is_reported_with_its_rank_and_nothing_is_left(tmp_path):
-    import signal
+def start_training_and_wait(*args):
+    """Start a long `train` run with two spawned workers; return it and the workers once
+    training has begun."""
     import time
 
     import psutil
 
-    run = subprocess.Popen([sys.executable, "-m", "parcourse", "train", "--strategy", "ddp",
-                            "--workers", "2", "--model", "complex", "--steps", "100000",
-                            "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
+    run = subprocess.Popen([sys.executable, "-m", "parcourse", "train", *args, "--steps",
+                            "100000", "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     workers = []
@@ -213,6 +212,16 @@ def test_a_killed_worker_is_reported_with_its_rank_and_nothing_is_left(tmp_path)
                    if "multiprocessing.spawn" in " ".join(p.cmdline())]
         time.sleep(0.1)
     time.sleep(3)  # let training begin
+    return run, workers
+
+
+def test_a_killed_worker_is_reported_with_its_rank_and_nothing_is_left(tmp_path):
+    import signal
+
+    import psutil
+
+    run, workers = start_training_and_wait("--strategy", "ddp", "--workers", "2",
+                                           "--model", "complex")
     victim = workers[1]
     victim.send_signal(signal.SIGKILL)
     stdout, stderr = run.communicate(timeout=60)
@@ -233,18 +242,8 @@ def test_a_hung_worker_is_stopped_at_the_timeout_and_reported(tmp_path):
 
     import psutil
 
-    run = subprocess.Popen([sys.executable, "-m", "parcourse", "train", "--strategy",
-                            "pipeline-1f1b", "--workers", "2", "--microbatches", "2",
-                            "--steps", "100000", "--timeout", "20", "--quiet"], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    workers = []
-    while len(workers) < 2:
-        assert time.monotonic() < deadline, "workers did not start"
-        workers = [p for p in psutil.Process(run.pid).children()
-                   if "multiprocessing.spawn" in " ".join(p.cmdline())]
-        time.sleep(0.1)
-    time.sleep(3)  # let training begin
+    run, workers = start_training_and_wait("--strategy", "pipeline-1f1b", "--workers", "2",
+                                           "--microbatches", "2", "--timeout", "20")
     started = time.monotonic()
     workers[1].send_signal(signal.SIGSTOP)
     stdout, stderr = run.communicate(timeout=60)
