@@ -50,10 +50,6 @@ def check_microbatches(batch_size: int, replicas: int, microbatches: int) -> Non
             f"{parts}, e.g. {max(parts, batch_size - batch_size % parts)}")
 
 
-def _example(dataset, micro_size: int) -> torch.Tensor:
-    return dataset.train_x[:micro_size]
-
-
 def pipeline_worker(rank: int, world_size: int, config):
     """One stage of one replica; rank 0 returns the gathered result, the others None."""
     from .train import TrainResult, _progress, accuracy, make_optimizer
@@ -64,7 +60,7 @@ def pipeline_worker(rank: int, world_size: int, config):
     dataset = datasets.load_dataset(config.dataset, seed=config.seed)
     model = build_model(config.model, seed=config.seed)
     micro_size = config.batch_size // (replicas * config.microbatches)
-    example = _example(dataset, micro_size)
+    example = dataset.train_x[:micro_size]  # one micro-batch: shapes and layer times
     # measured layer times differ from worker to worker: rank 0 decides for everyone
     decision = [partition.partition(model, stages, config.partition, example)
                 if rank == 0 else None]

@@ -81,13 +81,8 @@ def time_costs(model: nn.Sequential, example: torch.Tensor, repeats: int = 5) ->
             out.backward(torch.ones_like(out))
             samples.append(time.perf_counter() - start)
         costs.append(sorted(samples)[len(samples) // 2])
-    layer_grads_to_none(model)
+    model.zero_grad(set_to_none=True)  # the timing runs leave no gradients behind
     return costs
-
-
-def layer_grads_to_none(model: nn.Module) -> None:
-    for p in model.parameters():
-        p.grad = None
 
 
 def parameter_blocks(model: nn.Sequential) -> list[tuple[int, int]]:

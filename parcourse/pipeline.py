@@ -8,8 +8,9 @@ stage runs the forward (F) and backward (B) passes of its micro-batches:
 * **naive split** (M = 1): stage s computes, sends its activation to stage s+1 and waits
   for the gradient to come back. Only one stage works at a time.
 * **GPipe** (Huang et al., 2019): every stage runs F_0 … F_{M−1}, then B_0 … B_{M−1}.
-* **1F1B** (Narayanan et al., 2019, PipeDream-Flush): stage s runs P − s − 1 forwards to
-  fill the pipe, then alternates one forward and one backward, then drains. Same bubble
+* **1F1B** (one forward, one backward: from PipeDream, Narayanan et al., 2019; this
+  synchronous, flushed form is the one Megatron-LM uses, Narayanan et al., 2021): stage s
+  runs P − s − 1 forwards to fill the pipe, then alternates one forward and one backward, then drains. Same bubble
   as GPipe, but at most P − s micro-batches of activations are alive at once instead of M.
 
 With equal stage times t_F, t_B, both finish a step in (M + P − 1)(t_F + t_B), of which

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -223,7 +224,8 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, wor
     return {"state": full, "param_groups": state["param_groups"]}
 
 
-def shard_state(full: dict, model: nn.Module, rank: int, world_size: int) -> tuple[dict, callable]:
+def shard_state(full: dict, model: nn.Module, rank: int,
+                world_size: int) -> tuple[dict, Callable[[dict], dict]]:
     """This worker's slices of an unsplit model's state_dict, and a function that slices
     an unsplit optimizer state the same way (the inverse of the two gathers above)."""
     dims = split_dims(model)
@@ -231,8 +233,8 @@ def shard_state(full: dict, model: nn.Module, rank: int, world_size: int) -> tup
     def mine(value, dim):
         if dim is None or value.dim() == 0:
             return value
-        return value.narrow(dim, rank * value.shape[dim] // world_size,
-                            value.shape[dim] // world_size)
+        part = _shard(value.shape[dim], rank, world_size, "a saved tensor")
+        return value.narrow(dim, part.start, part.stop - part.start)
 
     names = [name for name, _ in model.named_parameters()]
     by_name = dict(zip(names, dims))
