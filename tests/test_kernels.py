@@ -111,6 +111,17 @@ def test_matmul_gives_the_same_result_in_every_program_order(group_m):
 
 
 @needs_triton
+@pytest.mark.parametrize("block", [16, 128])
+def test_matmul_with_the_sweeps_launch_settings(block):
+    # the benchmark's sweep passes num_warps / num_stages; the result must not change
+    from parcourse.kernels import bench
+
+    a, b = rand(45, 33, seed=13), rand(33, 20, seed=14)
+    torch.testing.assert_close(kernels.matmul(a, b, **bench.matmul_launch(block)),
+                               kernels.matmul_reference(a, b), rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
 def test_matmul_takes_strided_views_without_a_copy():
     a, b = rand(40, 30, seed=11), rand(50, 40, seed=12)
     torch.testing.assert_close(kernels.matmul(a.t(), b.t()), kernels.matmul_reference(a.t(), b.t()),
@@ -152,6 +163,9 @@ def test_grouped_order_loads_fewer_panels_per_wave():
      "a is 2 × 3 and b is 4 × 5: a's columns must match b's rows"),
     (lambda: kernels.matmul(torch.ones(2, 3), torch.ones(3, 5), block_m=16), ValueError,
      "give all three of block_m, block_n, block_k, or none of them"),
+    (lambda: kernels.matmul(torch.ones(2, 3), torch.ones(3, 5), num_warps=8), ValueError,
+     "num_warps and num_stages go with explicit block sizes (block_m, block_n, block_k); "
+     "without them the autotuner chooses all five"),
 ])
 def test_wrappers_reject_bad_input_with_a_clear_message(call, error, message):
     if DEVICE == "cuda":

@@ -32,6 +32,12 @@ TARGETS = {  # name: (kernel, size label, what, threshold) — evaluated on an H
 }
 INTERPRETER_NOTE = ("Triton interpreter timings are not performance: the interpreter runs each "
                     "program instance in turn with NumPy, to check correctness.")
+# The sweep (GPU only): the measured twin of the chapter's "problem size, block size and
+# device" widget. Matmul: square BLOCK × BLOCK tiles of C at the widget's sizes, float16.
+SWEEP_ADD_SIZES = tuple(1 << p for p in (16, 18, 20, 22, 24, 26, 28))
+SWEEP_ADD_BLOCKS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+SWEEP_MATMUL_SIZES = (200, 1000, 1024, 4096)
+SWEEP_MATMUL_BLOCKS = (16, 32, 64, 128, 256)
 T4_NOTE = ("compute capability {cc}: recent Triton gives tl.dot no tensor-core path below 8.0 "
            "(it falls back to FMA), so the Triton matmul is bounded by the FP32 peak, not the "
            "tensor-core one that torch.matmul (cuBLAS) uses.")
@@ -95,6 +101,52 @@ def gpu_seconds(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
 
 
+def matmul_launch(block: int) -> dict:
+    """Launch settings of a square ``block`` tile in the sweep: ``BLOCK_K = min(block, 64)``,
+    8 warps from 128 up (a 128 × 128 float32 accumulator is 128 registers per thread over
+    4 warps), Triton's default 3 pipeline stages."""
+    return dict(block_m=block, block_n=block, block_k=min(block, 64),
+                num_warps=8 if block >= 128 else 4, num_stages=3)
+
+
+def sweep_cuda() -> dict:
+    """Vector add over problem size × BLOCK, and the float16 matmul over n × tile size.
+
+    Every configuration is checked against torch before it is timed; one that fails to
+    compile or run (a tile too big for the GPU's shared memory) is recorded with its error.
+    """
+    g = torch.Generator(device="cpu").manual_seed(1)
+    add = []
+    for n in SWEEP_ADD_SIZES:
+        x, y = (torch.randn(n, generator=g).cuda() for _ in range(2))
+        for block in SWEEP_ADD_BLOCKS:
+            z = vecadd.vector_add(x, y, block=block)
+            row = {"n": n, "block": block, "exact": bool(torch.equal(z, x + y))}
+            seconds = gpu_seconds(lambda: vecadd.vector_add(x, y, block=block))
+            row.update(seconds=seconds, gbs=vecadd.bytes_moved(n, 4) / seconds / 1e9)
+            add.append(row)
+        del x, y
+    matmul, torch_matmul = [], []
+    for n in SWEEP_MATMUL_SIZES:
+        a, b = (torch.randn(n, n, generator=g).cuda().half() for _ in range(2))
+        reference = tiled_matmul.matmul_reference(a, b)
+        for block in SWEEP_MATMUL_BLOCKS:
+            launch = matmul_launch(block)
+            row = {"n": n, "block": block, "num_warps": launch["num_warps"]}
+            try:
+                error = (tiled_matmul.matmul(a, b, **launch).float() - reference.float()).abs().max().item()
+                seconds = gpu_seconds(lambda: tiled_matmul.matmul(a, b, **launch))
+            except Exception as err:  # e.g. triton's OutOfResources: record it, go on
+                row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            else:
+                row.update(max_abs_error=error, seconds=seconds,
+                           tflops=tiled_matmul.flops(n, n, n) / seconds / 1e12)
+            matmul.append(row)
+        seconds = gpu_seconds(lambda: a @ b)
+        torch_matmul.append({"n": n, "seconds": seconds, "tflops": tiled_matmul.flops(n, n, n) / seconds / 1e12})
+    return {"vector_add": add, "matmul": matmul, "torch_matmul": torch_matmul}
+
+
 def _row(kernel, shape, dtype, flops, nbytes) -> dict:
     return {"kernel": kernel, "size": "×".join(map(str, shape)),
             "dtype": str(dtype).replace("torch.", ""), "flops": flops, "bytes": nbytes}
@@ -147,7 +199,8 @@ def run_cuda(quick: bool = False) -> dict:
         notes.append(T4_NOTE.format(cc=f"{cc[0]}.{cc[1]}"))
     return {"device": name, "compute_capability": f"{cc[0]}.{cc[1]}",
             "datasheet": None if sheet is None else sheet.source, "quick": quick, "rows": rows,
-            "targets": evaluate_targets(rows, name), "notes": notes}
+            "targets": evaluate_targets(rows, name), "notes": notes,
+            "sweep": None if quick else sweep_cuda()}
 
 
 def evaluate_targets(rows: list[dict], device_name: str) -> list[dict]:
@@ -180,6 +233,26 @@ def run(quick: bool = False) -> dict:
 
 def _fmt(value, spec):
     return "–" if value is None else format(value, spec)
+
+
+def format_sweep(sweep: dict | None) -> list[str]:
+    """The GPU sweep in a few lines: GB/s by BLOCK at each size, TFLOPS by tile at each n."""
+    if not sweep:
+        return []
+    lines = ["# sweep, vector add float32, GB/s by BLOCK " + " ".join(f"{b:>6d}" for b in SWEEP_ADD_BLOCKS)]
+    for n in SWEEP_ADD_SIZES:
+        cells = [r for r in sweep["vector_add"] if r["n"] == n]
+        lines.append(f"#   n = 2^{n.bit_length() - 1:<2d}{'':21s}" + " ".join(f"{r['gbs']:6.0f}" for r in cells)
+                     + ("" if all(r["exact"] for r in cells) else "  (NOT exact)"))
+    lines.append("# sweep, matmul float16 n×n×n, TFLOPS by square tile " +
+                 " ".join(f"{b:>5d}" for b in SWEEP_MATMUL_BLOCKS) + "  torch")
+    for n in SWEEP_MATMUL_SIZES:
+        cells = [_fmt(r.get("tflops"), "5.1f") if "error" not in r else "  err"
+                 for r in sweep["matmul"] if r["n"] == n]
+        torch_row = next(r for r in sweep["torch_matmul"] if r["n"] == n)
+        lines.append(f"#   n = {n:<5d}{'':35s}" + " ".join(f"{c:>5s}" for c in cells)
+                     + f"  {torch_row['tflops']:5.1f}")
+    return lines
 
 
 def format_report(result: dict) -> str:
@@ -215,6 +288,8 @@ def format_report(result: dict) -> str:
                          f"{r['triton_seconds'] * 1e3:7.3f} ms {r['torch_seconds'] * 1e3:7.3f} ms "
                          f"{r['triton_gbs']:8.1f} {r['triton_tflops']:8.2f} "
                          f"{_fmt(r.get('peak_fraction'), '8.0%')} {r['ratio_to_torch']:7.2f}×")
+        for line in format_sweep(result.get("sweep")):
+            lines.append(line)
         for t in result["targets"]:
             verdict = {True: "met", False: "NOT met", None: f"not evaluated ({t['why_not_evaluated']})"}[t["met"]]
             lines.append(f"target: {t['target']}: measured {_fmt(t['value'], '.2f')}, {verdict}")

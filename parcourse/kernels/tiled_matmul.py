@@ -131,13 +131,15 @@ def _autotuned():
 
 def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int | None = None,
            block_n: int | None = None, block_k: int | None = None,
-           group_m: int = DEFAULT_GROUP_M) -> torch.Tensor:
+           group_m: int = DEFAULT_GROUP_M, num_warps: int | None = None,
+           num_stages: int | None = None) -> torch.Tensor:
     """``a @ b`` for 2-D float16/float32 tensors of one dtype, by :func:`matmul_kernel`.
 
     Any strides are accepted (a transposed view costs no copy). Give all three block
-    sizes (powers of two ≥ 16) to run one configuration; leave them out to get
-    :data:`INTERPRETER_BLOCKS` in the interpreter and ``triton.autotune`` over
-    :data:`GPU_CONFIGS` on a GPU. float32 uses exact float32 products (no TF32).
+    sizes (powers of two ≥ 16) to run one configuration, optionally with Triton's
+    ``num_warps`` and ``num_stages`` (its defaults otherwise: 4 warps, 3 stages); leave
+    them out to get :data:`INTERPRETER_BLOCKS` in the interpreter and ``triton.autotune``
+    over :data:`GPU_CONFIGS` on a GPU. float32 uses exact float32 products (no TF32).
     """
     _triton.require()
     _triton.check_tensor("a", a, dims=2, contiguous=False)
@@ -149,6 +151,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int | None = None,
     blocks = (block_m, block_n, block_k)
     if any(v is not None for v in blocks) and any(v is None for v in blocks):
         raise ValueError("give all three of block_m, block_n, block_k, or none of them")
+    if block_m is None and (num_warps, num_stages) != (None, None):
+        raise ValueError("num_warps and num_stages go with explicit block sizes (block_m, "
+                         "block_n, block_k); without them the autotuner chooses all five")
     if isinstance(group_m, bool) or not isinstance(group_m, int) or group_m < 1:
         raise ValueError(f"group_m must be an integer ≥ 1, got {group_m!r}")
     c = torch.empty((M, N), dtype=a.dtype, device=a.device)
@@ -167,8 +172,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int | None = None,
     for name, value in zip(("block_m", "block_n", "block_k"), (block_m, block_n, block_k)):
         _triton.check_block(name, value)
     grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
+    launch = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
     matmul_kernel[grid](*args, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                        GROUP_M=group_m, IEEE=ieee)
+                        GROUP_M=group_m, IEEE=ieee, **launch)
     return c
 
 
