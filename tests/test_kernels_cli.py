@@ -2,6 +2,7 @@
 on a machine without a GPU."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,35 @@ def test_report_slug_and_datasheets():
     assert devices.datasheet_for("NVIDIA H100 PCIe").bandwidth == 2.0e12
     assert devices.datasheet_for("Tesla T4").compute_capability == (7, 5)
     assert devices.datasheet_for("NVIDIA A100-SXM4-40GB") is None
+
+
+def test_gpu_check_names_every_test_file_with_gpu_tests():
+    gpu_marker = re.compile(r"^(@pytest\.mark\.gpu$|pytestmark = .*\bpytest\.mark\.gpu\b)", re.M)
+    marked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+                    if gpu_marker.search(p.read_text()))
+    assert sorted(gpu_check.GPU_TESTS) == marked
+
+
+def test_gpu_check_keeps_the_outcomes_of_a_pytest_run_stopped_at_its_limit(tmp_path):
+    tests = tmp_path / "test_three.py"
+    tests.write_text("import time, pytest\n"
+                     "def test_passes(): pass\n"
+                     "def test_fails(): assert 1 == 2\n"
+                     "@pytest.mark.skip(reason='shown as skipped')\n"
+                     "def test_skipped(): pass\n"
+                     "def test_zzz_hangs(): time.sleep(60)\n")
+    log = tmp_path / "run.log"
+    step = gpu_check._pytest([str(tests)], timeout=20, log=log)
+    assert step["passed"] is False and step["returncode"] is None
+    assert step["output_tail"] == "stopped after 20 s"
+    outcomes = {test.split("::")[-1]: outcome for test, outcome in step["cases"].items()}
+    assert outcomes == {"test_passes": "passed", "test_fails": "failed", "test_skipped": "skipped"}
+    assert "test_zzz_hangs" in log.read_text()  # the whole output, up to where it stopped
+
+
+def test_gpu_check_reads_outcomes_under_xdist_too():
+    output = ("[gw0] [ 50%] PASSED book/a/a.ipynb::a.ipynb\n"
+              "[gw1] [100%] FAILED book/b/b.ipynb::b.ipynb\n"
+              "FAILED book/b/b.ipynb::b.ipynb - nbmake.pytest_items.NotebookFailedException\n")
+    assert gpu_check.outcomes_from_output(output) == {"book/a/a.ipynb::a.ipynb": "passed",
+                                                     "book/b/b.ipynb::b.ipynb": "failed"}

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import torch
@@ -44,14 +43,43 @@ NO_GPU = ("make gpu-check: no CUDA GPU visible to torch on this machine, so ther
           "to check: it compiles the Triton kernels for a GPU, runs the GPU tests, the notebooks "
           "and `python -m parcourse bench kernels`. Run it on a machine with an NVIDIA GPU and a "
           "CUDA build of torch (Colab, Kaggle, a cloud GPU).")
-NOTEBOOK_TIMEOUT = 240  # seconds per notebook
+NOTEBOOK_TIMEOUT = 240  # seconds per notebook cell (nbmake's limit)
+NOTEBOOK_STEP_LIMIT = 900  # seconds for all the notebooks
+# The test files with GPU tests (pytest.mark.gpu): named, so that collecting them needs
+# nothing beyond the package (tests/test_widgets.py, for one, imports Sphinx).
+GPU_TESTS = ("tests/test_kernels_gpu.py", "tests/test_pipeline_memory.py")
+OUTCOMES = "PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS"
+OUTCOME_FIRST = re.compile(rf"\b({OUTCOMES}) (\S+::\S+)")  # pytest -v under xdist
+OUTCOME_LAST = re.compile(rf"^(\S+::\S+) ({OUTCOMES})\b")  # pytest -v alone
 
 
 def notebook_workers(notebooks: int) -> int:
-    """How many notebooks to run at once: one per 2 cores with pytest-xdist, else 1."""
+    """How many notebooks to run at once: one per 4 cores with pytest-xdist, else 1.
+
+    A notebook's training runs start worker processes of their own, each with
+    ``cores // K`` torch threads: more notebooks at once than cores / 4 oversubscribe
+    the CPU (seen on a 16-core machine: 13 at once, and one notebook that takes 75 s on
+    2 cores alone had not finished after 300 s).
+    """
     if importlib.util.find_spec("xdist") is None:
         return 1
-    return max(1, min(notebooks, (os.cpu_count() or 1) // 2))
+    return max(1, min(notebooks, (os.cpu_count() or 1) // 4))
+
+
+def outcomes_from_output(output: str) -> dict[str, str]:
+    """Each test's outcome from pytest's ``-v`` lines (``[gw0] PASSED tests/x.py::name``
+    under xdist, ``tests/x.py::name PASSED`` without). Read as the run goes, so they are
+    known even for a run stopped at its time limit."""
+    cases = {}
+    for line in output.splitlines():
+        if match := OUTCOME_FIRST.search(line):
+            outcome, test = match.groups()
+        elif match := OUTCOME_LAST.match(line):
+            test, outcome = match.groups()
+        else:
+            continue
+        cases[test] = outcome.lower()
+    return cases
 
 
 def driver_version() -> str | None:
@@ -70,32 +98,21 @@ def slug(device_name: str, date: str) -> str:
 
 
 def _pytest(args: list[str], timeout: float, log: Path) -> dict:
-    """Run pytest with ``args``; return each test's outcome (from its JUnit XML) and the end
-    of its output. The whole output goes to ``log``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        xml = Path(tmp) / "junit.xml"
-        start = time.perf_counter()
-        try:
-            done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                                   "-o", "addopts=", f"--junitxml={xml}", "-q", *args],
-                                  cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-            output = done.stdout + done.stderr
-            returncode, tail = done.returncode, output[-3000:]
-        except subprocess.TimeoutExpired as stopped:
-            output = (stopped.stdout or b"").decode(errors="replace") if isinstance(stopped.stdout, bytes) \
-                else (stopped.stdout or "")
-            returncode, tail = None, f"stopped after {timeout:.0f} s"
-        log.write_text(output)
-        cases = {}
-        if xml.exists():
-            for case in ElementTree.parse(xml).iter("testcase"):
-                outcome = "passed"
-                for child in case:
-                    if child.tag in ("failure", "error", "skipped"):
-                        outcome = child.tag
-                cases[f"{case.get('classname')}::{case.get('name')}"] = outcome
+    """Run ``pytest -v`` with ``args``; return each test's outcome and the end of its
+    output. The whole output goes to ``log``."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                               "-o", "addopts=", "-v", *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        output = done.stdout + done.stderr
+        returncode, tail = done.returncode, output[-3000:]
+    except subprocess.TimeoutExpired as stopped:  # its output is bytes, even with text=True
+        output = (stopped.stdout or b"").decode(errors="replace")
+        returncode, tail = None, f"stopped after {timeout:.0f} s"
+    log.write_text(output)
     return {"passed": returncode == 0, "returncode": returncode, "seconds": time.perf_counter() - start,
-            "cases": cases, "output_tail": tail}
+            "cases": outcomes_from_output(output), "output_tail": tail}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the report goes (default: book/data/gpu)")
     parser.add_argument("--skip-notebooks", action="store_true", help="skip step 4")
     parser.add_argument("--notebook-timeout", type=int, default=NOTEBOOK_TIMEOUT, metavar="SECONDS",
-                        help=f"time limit of each notebook (default {NOTEBOOK_TIMEOUT})")
+                        help=f"time limit of each notebook cell (default {NOTEBOOK_TIMEOUT})")
     parser.add_argument("--notebook-workers", type=int, metavar="N",
-                        help="notebooks run at once (default: one per 2 cores with pytest-xdist)")
+                        help="notebooks run at once (default: one per 4 cores with pytest-xdist)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or _triton.DEVICE != "cuda":
         print(NO_GPU, file=sys.stderr)
@@ -149,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         report["steps"]["pipeline memory"] = {"passed": False, "error": f"{type(err).__name__}: {err}"}
     report["steps"]["pipeline memory"]["seconds"] = time.perf_counter() - start
     save()
-    report["steps"]["gpu tests"] = _pytest(["-m", "gpu", "tests"], timeout=300,
+    report["steps"]["gpu tests"] = _pytest(["-m", "gpu", *GPU_TESTS], timeout=300,
                                            log=path.with_suffix(".gpu-tests.log"))
     save()
     if not args.skip_notebooks:
@@ -158,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         parallel = ["-n", str(workers)] if workers > 1 else []
         report["steps"]["notebooks"] = _pytest(
             ["--nbmake", f"--nbmake-timeout={args.notebook_timeout}", *parallel, *notebooks],
-            timeout=args.notebook_timeout * -(-len(notebooks) // workers) + 60,
+            timeout=NOTEBOOK_STEP_LIMIT,
             log=path.with_suffix(".notebooks.log"))
         report["steps"]["notebooks"]["workers"] = workers
         save()
