@@ -65,3 +65,20 @@ def stored_reports(folder: Path | str = REPORTS) -> list[dict]:
         report["file"] = path.name
         reports.append(report)
     return reports
+
+
+def step_summary(outcome: dict) -> str:
+    """One line on a step of a stored report: "passed (n tests)", or why it failed — the
+    error pytest printed (``E   …``), the collection error, or the time limit."""
+    cases = {test: result for test, result in outcome.get("cases", {}).items()
+             if not test.startswith("::")}  # "::module": a file that failed to import (JUnit)
+    counted = f" ({sum(v == 'passed' for v in cases.values())} of {len(cases)} passed)" if cases else ""
+    if outcome["passed"]:
+        return "passed" + counted
+    if outcome.get("error"):
+        return f"FAILED: {outcome['error']}"
+    lines = outcome.get("output_tail", "").strip().splitlines()
+    collecting = next((line.strip("_ ") for line in lines if "ERROR collecting" in line), None)
+    error = next((line[1:].strip() for line in lines if line.startswith("E ")), None)
+    why = "; ".join(part for part in (collecting, error) if part) or (lines[-1] if lines else "no output")
+    return f"FAILED{counted}: {why}"
