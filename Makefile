@@ -50,8 +50,9 @@ browser:
 	  && apt-get update -qq && apt-get install -y -qq fonts-wqy-microhei >/dev/null; } \
 	  || echo "note: no Chinese font: screenshots show boxes for the Chinese titles"
 
-# On a CUDA machine: the GPU tests, every notebook (nbmake), `python -m parcourse bench kernels`,
-# and one JSON report in book/data/gpu/ (see parcourse/kernels/gpu_check.py). ~10 min on an H100.
+# On a CUDA machine: `python -m parcourse bench kernels` (72 s on an H100), pipeline memory,
+# the GPU tests, every notebook (nbmake), and one JSON report in book/data/gpu/
+# (see parcourse/kernels/gpu_check.py).
 # Without an NVIDIA GPU it stops at once, before building anything.
 gpu-check:
 	@command -v nvidia-smi >/dev/null 2>&1 || { echo "make gpu-check: no NVIDIA GPU here (nvidia-smi not found): run it on a machine with an NVIDIA GPU (Colab, Kaggle, a cloud GPU)." >&2; exit 2; }
