@@ -104,9 +104,9 @@ def test_gpu_check_keeps_the_outcomes_of_a_pytest_run_stopped_at_its_limit(tmp_p
                      "def test_skipped(): pass\n"
                      "def test_zzz_hangs(): time.sleep(60)\n")
     log = tmp_path / "run.log"
-    step = gpu_check._pytest([str(tests)], timeout=20, log=log)
+    step = gpu_check._pytest([str(tests)], timeout=10, log=log)
     assert step["passed"] is False and step["returncode"] is None
-    assert step["output_tail"] == "stopped after 20 s"
+    assert step["output_tail"] == "stopped after 10 s"
     outcomes = {test.split("::")[-1]: outcome for test, outcome in step["cases"].items()}
     assert outcomes == {"test_passes": "passed", "test_fails": "failed", "test_skipped": "skipped"}
     assert "test_zzz_hangs" in log.read_text()  # the whole output, up to where it stopped
