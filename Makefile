@@ -53,11 +53,16 @@ browser:
 # On a CUDA machine: `python -m parcourse bench kernels` (72 s on an H100), pipeline memory,
 # the GPU tests, every notebook (nbmake), and one JSON report in book/data/gpu/
 # (see parcourse/kernels/gpu_check.py).
-# Without an NVIDIA GPU it stops at once, before building anything.
+# Without an NVIDIA GPU it stops at once, before building anything. Where $(PYTHON) already
+# has a CUDA torch, Triton and nbmake (Colab, Kaggle: `pip install nbmake` first), it runs
+# with them and the repository on PYTHONPATH; otherwise it builds .venv first.
+GPU_READY := import torch, triton, nbmake; assert torch.cuda.is_available()
 gpu-check:
 	@command -v nvidia-smi >/dev/null 2>&1 || { echo "make gpu-check: no NVIDIA GPU here (nvidia-smi not found): run it on a machine with an NVIDIA GPU (Colab, Kaggle, a cloud GPU)." >&2; exit 2; }
-	@$(MAKE) --no-print-directory $(STAMP)
-	$(BIN)/python -m parcourse.kernels.gpu_check
+	@if $(PYTHON) -c "$(GPU_READY)" 2>/dev/null; then \
+	  echo "make gpu-check: with $$($(PYTHON) -c 'import sys; print(sys.executable)') and its torch"; \
+	  PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PYTHON) -m parcourse.kernels.gpu_check; \
+	else $(MAKE) --no-print-directory $(STAMP) && $(BIN)/python -m parcourse.kernels.gpu_check; fi
 
 clean:
 	rm -rf _build
