@@ -66,7 +66,7 @@ Curves = Mapping[str, Union[Series, Tuple[Sequence[float], Sequence[float]]]]
 def explore(fn: Callable[..., Curves], grid: Mapping[str, Sequence[Any]], *, title: str,
             x_label: str, y_label: str, log_x: bool | int = False, log_y: bool | int = False,
             initial: Mapping[str, Any] | None = None, height: int = 420,
-            static: bool | None = None) -> None:
+            y_ticks: Mapping[float, str] | None = None, static: bool | None = None) -> None:
     """Show ``fn`` over ``grid``: live sliders in a kernel, a precomputed figure on the site.
 
     ``fn(**params)`` returns the figure for one point of the grid, a dict ``{series name:
@@ -74,7 +74,9 @@ def explore(fn: Callable[..., Curves], grid: Mapping[str, Sequence[Any]], *, tit
     parameter name to the list of values its slider offers, e.g. ``{"K": [1, 2, 4],
     "B": [32, 64]}``; the sliders start at ``initial`` (default: each list's first
     value). ``log_x=True`` draws a logarithmic x axis, ``log_x=2`` one with a tick at
-    every power of two (1, 2, 4, …: worker counts); ``log_y`` likewise.
+    every power of two (1, 2, 4, …: worker counts); ``log_y`` likewise. ``y_ticks`` maps
+    y values to the labels shown there instead of numbers (e.g. ``{0: "stage 0", -1:
+    "stage 1"}``); only those inside the plotted range appear.
 
     ``static`` picks the front; ``None`` reads ``PARCOURSE_FIGURES`` (``static`` → the
     precomputed figure, otherwise live sliders, which call ``fn`` only for the values
@@ -86,7 +88,8 @@ def explore(fn: Callable[..., Curves], grid: Mapping[str, Sequence[Any]], *, tit
     start = _initial_point(grid, initial)
     if static is None:
         static = os.environ.get(ENV_VAR, "").strip().lower() == "static"
-    labels = dict(title=title, x_label=x_label, y_label=y_label, log_x=log_x, log_y=log_y)
+    labels = dict(title=title, x_label=x_label, y_label=y_label, log_x=log_x, log_y=log_y,
+                  y_ticks=dict(y_ticks) if y_ticks else None)
     if static:
         display(HTML(_static_html(fn, grid, start, height=height, **labels)))
     else:
@@ -162,9 +165,12 @@ def _axis(label: str, log: bool | int) -> dict:
     return axis
 
 
-def _layout(title, x_label, y_label, log_x, log_y) -> dict:
+def _layout(title, x_label, y_label, log_x, log_y, y_ticks=None) -> dict:
+    yaxis = _axis(y_label, log_y)
+    if y_ticks:
+        yaxis.update(tickmode="array", tickvals=list(y_ticks), ticktext=list(y_ticks.values()))
     return {"title": {"text": title}, "colorway": COLORS, "hovermode": "closest",
-            "xaxis": _axis(x_label, log_x), "yaxis": _axis(y_label, log_y),
+            "xaxis": _axis(x_label, log_x), "yaxis": yaxis,
             "margin": {"t": 50, "r": 20},
             "legend": {"orientation": "h", "yanchor": "top", "y": -0.2, "font": {"size": 11}}}
 
@@ -256,7 +262,8 @@ def _live_control(fn, grid: dict[str, list], start: dict[str, int], **labels):
     return widgets.VBox([widgets.HBox(list(sliders.values())), out])
 
 
-def _show_matplotlib(traces: list[dict], *, title, x_label, y_label, log_x, log_y) -> None:
+def _show_matplotlib(traces: list[dict], *, title, x_label, y_label, log_x, log_y,
+                     y_ticks=None) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import ScalarFormatter
 
@@ -275,6 +282,11 @@ def _show_matplotlib(traces: list[dict], *, title, x_label, y_label, log_x, log_
             set_scale("log", base=2 if log == 2 else 10)
             if log == 2:
                 axis.set_major_formatter(ScalarFormatter())
+    if y_ticks:
+        shown = ax.get_ylim()  # ticks outside the data must not widen the axis
+        inside = {v: text for v, text in y_ticks.items() if min(shown) <= v <= max(shown)}
+        ax.set_yticks(list(inside), list(inside.values()))
+        ax.set_ylim(shown)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     display(fig)

@@ -136,6 +136,21 @@ def test_live_control_calls_fn_with_the_sliders_values(shown):
     assert last_plot.axes[0].lines[1].get_linestyle() == "None"  # markers only
 
 
+def test_y_ticks_label_both_fronts_and_only_inside_the_data(shown):
+    ticks = {0: "stage 0", -1: "stage 1", -2: "stage 2", -7: "stage 7"}
+    two_stages = lambda n: {"bars": ([0, n], [0, -1])}  # noqa: E731
+    widgets.explore(two_stages, {"n": [1, 2]}, title="t", x_label="x", y_label="y",
+                    y_ticks=ticks, static=True)
+    yaxis = embedded_spec(shown[0].data)["layout"]["yaxis"]
+    assert (yaxis["tickmode"], yaxis["tickvals"], yaxis["ticktext"]) == (
+        "array", [0, -1, -2, -7], ["stage 0", "stage 1", "stage 2", "stage 7"])
+    widgets.explore(two_stages, {"n": [1, 2]}, title="t", x_label="x", y_label="y",
+                    y_ticks=ticks, static=False)
+    ax = shown[1].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["stage 0", "stage 1"]
+    assert -1.2 < ax.get_ylim()[0] < -1 and 0 < ax.get_ylim()[1] < 0.2  # not widened to -7
+
+
 def test_the_environment_variable_picks_the_front(shown, monkeypatch):
     monkeypatch.setenv(widgets.ENV_VAR, "static")
     widgets.explore(curves, GRID, title="t", x_label="x", y_label="y")
