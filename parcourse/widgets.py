@@ -168,7 +168,8 @@ def _axis(label: str, log: bool | int) -> dict:
 def _layout(title, x_label, y_label, log_x, log_y, y_ticks=None) -> dict:
     yaxis = _axis(y_label, log_y)
     if y_ticks:
-        yaxis.update(tickmode="array", tickvals=list(y_ticks), ticktext=list(y_ticks.values()))
+        yaxis.update(tickmode="array", tickvals=list(y_ticks), ticktext=list(y_ticks.values()),
+                     zeroline=False)  # labelled rows: no line through the row at 0
     return {"title": {"text": title}, "colorway": COLORS, "hovermode": "closest",
             "xaxis": _axis(x_label, log_x), "yaxis": yaxis,
             "margin": {"t": 50, "r": 20},

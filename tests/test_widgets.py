@@ -142,8 +142,8 @@ def test_y_ticks_label_both_fronts_and_only_inside_the_data(shown):
     widgets.explore(two_stages, {"n": [1, 2]}, title="t", x_label="x", y_label="y",
                     y_ticks=ticks, static=True)
     yaxis = embedded_spec(shown[0].data)["layout"]["yaxis"]
-    assert (yaxis["tickmode"], yaxis["tickvals"], yaxis["ticktext"]) == (
-        "array", [0, -1, -2, -7], ["stage 0", "stage 1", "stage 2", "stage 7"])
+    assert (yaxis["tickmode"], yaxis["tickvals"], yaxis["ticktext"], yaxis["zeroline"]) == (
+        "array", [0, -1, -2, -7], ["stage 0", "stage 1", "stage 2", "stage 7"], False)
     widgets.explore(two_stages, {"n": [1, 2]}, title="t", x_label="x", y_label="y",
                     y_ticks=ticks, static=False)
     ax = shown[1].axes[0]
