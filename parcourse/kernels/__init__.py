@@ -5,7 +5,9 @@
 * :mod:`~parcourse.kernels.fused_softmax` — fused row softmax: one read, one write;
 * :mod:`~parcourse.kernels.layernorm` — layer norm forward: two reductions per row;
 * :mod:`~parcourse.kernels.tiled_matmul` — tiled matrix product with grouped (L2-friendly)
-  program order.
+  program order;
+* :mod:`~parcourse.kernels.compiled` — those kernels compiled for a T4, A100 or H100 on
+  any machine, and the machine code read back (instructions, registers, spills).
 
 Importing this package never fails: without Triton, calling a kernel raises
 :class:`~parcourse.errors.MissingDependencyError` with an install hint. On a machine

@@ -12,6 +12,7 @@ Peaks are NVIDIA's own figures, dense (without structured sparsity):
   capability 8.0 and falls back to FMA instructions (its compiler says "Dot op using MMA
   for compute capability 75 has been deprecated. It falls back to the FMA path."; Triton
   pull request #5066), so a Triton matmul on a T4 is bound by the 8.1 TFLOPS, not the 65.
+  :mod:`parcourse.kernels.compiled` shows it in the machine code: ``FFMA``, no ``HMMA``.
 
 A GPU report is the JSON file that ``make gpu-check`` writes to ``book/data/gpu/``;
 :func:`stored_reports` reads them all.
