@@ -1,17 +1,21 @@
 """parcourse.kernels.compiled: the kernels compiled for NVIDIA GPUs on this CPU, and the
 cubin read back (chapter 5, "Reading the compiler's output").
 
-The compiled kernels are checked against facts of the hardware and of the kernel's own
-arithmetic, not against stored numbers: a T4 (compute capability 7.5) has no tensor-core
-path in Triton, an A100 uses warp-level ``HMMA``, an H100 warpgroup ``HGMMA``; exact
-float32 products run on the CUDA cores, TF32 ones on the tensor cores; a 256 × 256
-float32 accumulator over 8 warps needs 256 registers per thread, one more than a thread
-may have, so it spills, and a 128 × 128 one (64 per thread) need not.
+The launch specialization is checked against Triton's own (``native_specialize_impl``,
+what its runtime calls on every launch). The compiled kernels are checked against facts
+of the hardware and of the kernel's arithmetic, not against stored numbers: a T4
+(compute capability 7.5) has no tensor-core path in Triton, an A100 uses warp-level
+``HMMA``, an H100 warpgroup ``HGMMA``; exact float32 products run on the CUDA cores, TF32
+ones on the tensor cores; a 256 × 256 float32 accumulator over 8 warps needs 256
+registers per thread, one more than a thread may have, so it spills, and a 128 × 128 one
+(64 per thread) need not; sizes that are not multiples of 16 forbid wide loads. The same
+claims are checked on every survey stored in ``book/data/compiled/`` (other Tritons).
 """
 
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from parcourse import kernels
 from parcourse.kernels import compiled, tiled_matmul, vecadd
@@ -35,6 +39,8 @@ SASS = """
         /*0a50*/                   STL.64 [R1+0x10], R4 ;
         /*0a60*/                   LDL.128 R8, [R1+0x10] ;
         /*0a70*/                   LDL R9, [R1+0x20] ;
+        /*0a80*/                   LDGSTS.E.BYPASS.LTC128B.128 [R3], desc[UR6][R4.64] ;
+        /*0a90*/                   LDG.E.U16 R5, desc[UR6][R6.64] ;
 """
 
 
@@ -47,32 +53,91 @@ def test_resource_usage_is_read_field_by_field():
 
 
 def test_instructions_are_counted_by_opcode_with_modifiers_and_not_inside_other_opcodes():
-    assert compiled.count_instructions(SASS) == {"HGMMA": 1, "HMMA": 1, "FFMA": 1, "LDL": 2, "STL": 1}
+    assert compiled.count_instructions(SASS) == {"HGMMA": 1, "HMMA": 1, "FFMA": 1, "LDL": 2, "STL": 1,
+                                                 "LDGSTS": 1}
+
+
+def test_the_widest_global_load_is_read_from_its_modifiers():
+    assert compiled.widest_global_load(SASS) == 128  # LDGSTS….128; LTC128B is a cache hint
+    assert compiled.widest_global_load("LDG.E.U16 R5, [R6.64] ;\nLDG.E R7, [R8.64] ;") == 32
+    assert compiled.widest_global_load("LDG.E.64 R4, [R6.64] ;\nLDG.E.U8 R7, [R8.64] ;") == 64
+    assert compiled.widest_global_load("LDG.E.S16 R5, [R6.64] ;") == 16
+    assert compiled.widest_global_load("FFMA R1, R2, R3, R1 ;") == 0
+
+
+def _program(registers, warps, **fields):
+    return compiled.Compiled(**{**dict(capability=90, num_warps=warps, registers=registers,
+                                       stack_bytes=0, shared_bytes=0, instructions={}, load_bits=0),
+                                **fields})
 
 
 def test_programs_per_sm_round_registers_up_to_the_allocation_granule():
-    def program(registers, warps):
-        return compiled.Compiled(capability=90, num_warps=warps, registers=registers, stack_bytes=0,
-                                 shared_bytes=0, instructions={})
-    assert program(255, 8).programs_per_sm_by_registers == 1     # 256 × 256 threads = 65,536
-    assert program(255, 4).programs_per_sm_by_registers == 2
-    assert program(40, 4).programs_per_sm_by_registers == 12     # 65,536 // (40 × 128)
-    assert program(33, 4).programs_per_sm_by_registers == 12     # 33 is allocated as 40
-    assert program(32, 4).programs_per_sm_by_registers == 16
+    assert _program(255, 8).programs_per_sm_by_registers == 1     # 256 × 256 threads = 65,536
+    assert _program(255, 4).programs_per_sm_by_registers == 2
+    assert _program(40, 4).programs_per_sm_by_registers == 12     # 65,536 // (40 × 128)
+    assert _program(33, 4).programs_per_sm_by_registers == 12     # 33 is allocated as 40
+    assert _program(32, 4).programs_per_sm_by_registers == 16
 
 
-def test_the_signature_follows_the_kernels_parameters():
-    assert compiled.signature_of(tiled_matmul.matmul_kernel, "fp16") == {
+def test_global_loads_say_width_and_whether_they_are_asynchronous_copies():
+    assert _program(40, 4, load_bits=128, instructions={"LDGSTS": 24}).global_loads == "128-bit async"
+    assert _program(40, 4, load_bits=16, instructions={"LDGSTS": 0}).global_loads == "16-bit"
+
+
+@needs_triton
+@pytest.mark.parametrize("value", [1, 0, 16, 4096, 1000, 2**31 - 16, 2**31 + 16, -32])
+def test_integers_are_specialized_as_tritons_runtime_does(value):
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import native_specialize_impl
+
+    assert compiled.specialization(value) == native_specialize_impl(BaseBackend, value, False, True, True)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_pointers_are_specialized_as_tritons_runtime_does(dtype):
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import native_specialize_impl
+
+    tensor = torch.empty(64, dtype=dtype)
+    name = {torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    for view, aligned in ((tensor, True), (tensor[1:], False)):
+        assert view.data_ptr() % 16 == (0 if aligned else view.element_size())
+        assert (compiled.specialization(compiled.Pointer(name, aligned))
+                == native_specialize_impl(BaseBackend, view, False, True, True))
+
+
+def test_a_launch_argument_must_be_a_pointer_or_an_int():
+    with pytest.raises(TypeError, match=r"a launch argument is a Pointer or an int, got 2\.5"):
+        compiled.specialization(2.5)
+
+
+def test_a_launch_of_contiguous_4096_matrices_makes_unit_strides_constants_and_the_rest_divisible():
+    job = compiled.matmul_job(90, 64)
+    signature, constants, divisible = compiled.launch_signature(job["kernel"], job["args"], job["constexprs"])
+    assert signature == {
         "a_ptr": "*fp16", "b_ptr": "*fp16", "c_ptr": "*fp16", "M": "i32", "N": "i32", "K": "i32",
-        **{f"stride_{s}": "i32" for s in ("am", "ak", "bk", "bn", "cm", "cn")},
-        "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
-        "GROUP_M": "constexpr", "IEEE": "constexpr"}
+        "stride_am": "i32", "stride_ak": "constexpr", "stride_bk": "i32", "stride_bn": "constexpr",
+        "stride_cm": "i32", "stride_cn": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+        "BLOCK_K": "constexpr", "GROUP_M": "constexpr", "IEEE": "constexpr"}
+    assert constants == {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "IEEE": False,
+                         "stride_ak": 1, "stride_bn": 1, "stride_cn": 1}
+    assert divisible == [0, 1, 2, 3, 4, 5, 6, 8, 10]  # the pointers, M, N, K and the strides n
+    job = compiled.matmul_job(90, 64, 1000)
+    assert compiled.launch_signature(job["kernel"], job["args"], job["constexprs"])[2] == [0, 1, 2]
+
+
+def test_a_launch_with_missing_or_unknown_arguments_names_them():
+    args = dict(x_ptr=compiled.Pointer("fp32"), y_ptr=compiled.Pointer("fp32"), size=10)
+    with pytest.raises(ValueError) as error:
+        compiled.launch_signature(vecadd.add_kernel, args, {"BLOCK": 256})
+    assert str(error.value) == "add_kernel takes x_ptr, y_ptr, z_ptr, n, BLOCK: missing z_ptr, n; unknown size"
 
 
 @needs_triton
 def test_an_unknown_compute_capability_is_refused_with_the_ones_known():
     with pytest.raises(ValueError) as error:
-        compiled.compile_kernel(vecadd.add_kernel, 70, constexprs={"BLOCK": 256})
+        compiled.compile_kernel(**compiled.add_job(70, 256, 1 << 20))
     assert str(error.value) == ("capability must be one of [75, 80, 90] (compute capability × 10: "
                                 "75 = T4 (Turing), 80 = A100 (Ampere), 90 = H100 (Hopper)), got 70")
 
@@ -83,7 +148,8 @@ def test_a_kernel_defined_in_a_notebook_is_refused_with_what_to_do():
         pass
     my_kernel.__module__ = "__main__"
     with pytest.raises(ValueError) as error:
-        compiled.compile_kernel(SimpleNamespace(fn=my_kernel), 90, constexprs={"BLOCK": 16})
+        compiled.compile_kernel(SimpleNamespace(fn=my_kernel), 90, args={"x_ptr": compiled.Pointer("fp32")},
+                                constexprs={"BLOCK": 16})
     assert str(error.value) == ("my_kernel is defined in __main__ (a notebook or a script), which the "
                                 "compiling process cannot import: put the kernel in a .py file and "
                                 "import it from there")
@@ -92,7 +158,7 @@ def test_a_kernel_defined_in_a_notebook_is_refused_with_what_to_do():
 @needs_triton
 def test_a_kernel_that_does_not_compile_reports_the_configuration_and_the_compilers_message():
     with pytest.raises(RuntimeError) as error:
-        compiled.compile_kernel(vecadd.add_kernel, 90, constexprs={"BLOCK": 100})
+        compiled.compile_kernel(**compiled.add_job(90, 100, 1 << 20))
     message = str(error.value)
     assert message.startswith("compiling vecadd.add_kernel (BLOCK=100; num_warps=4, num_stages=3) "
                               "for compute capability 9.0 failed: CompilationError:")
@@ -101,16 +167,16 @@ def test_a_kernel_that_does_not_compile_reports_the_configuration_and_the_compil
 
 @needs_triton
 def test_a_compilation_past_its_time_limit_is_stopped_with_a_hint():
-    job = dict(kernel=vecadd.add_kernel, capability=90, constexprs={"BLOCK": 256})
     with pytest.raises(RuntimeError) as error:
-        compiled.compile_kernels([job], timeout=0.01)
+        compiled.compile_kernels([compiled.add_job(90, 256, 1 << 20)], timeout=0.01)
     assert str(error.value) == ("compiling 1 kernel configuration took more than 0.01 s; "
                                 "compile fewer at once, or allow more time (timeout=...)")
 
 
 CLAIMED = ["T4 fp16 tile 64", "A100 fp16 tile 64", "H100 fp16 tile 32", "H100 fp16 tile 64",
-           "H100 fp16 tile 128", "H100 fp16 tile 256", "H100 fp32 exact tile 128",
-           "H100 fp32 TF32 tile 128", "H100 vector add BLOCK 1024"]
+           "H100 fp16 tile 128", "H100 fp16 tile 256", "H100 fp16 tile 64, n=1000",
+           "H100 fp32 exact tile 128", "H100 fp32 TF32 tile 128", "H100 vector add BLOCK 64",
+           "H100 vector add BLOCK 1024"]
 SOURCES = ["this machine's Triton"] + [s["file"] for s in compiled.stored_surveys()]
 
 
@@ -169,30 +235,38 @@ def test_a_256_tile_spills_and_a_128_tile_does_not(built):
     big, fits = built["H100 fp16 tile 256"], built["H100 fp16 tile 128"]
     assert (big.num_warps, fits.num_warps) == (8, 8)
     assert 256 * 256 // (32 * big.num_warps) > compiled.MAX_REGISTERS_PER_THREAD
-    assert big.registers <= compiled.MAX_REGISTERS_PER_THREAD and big.spills
+    assert big.registers == compiled.MAX_REGISTERS_PER_THREAD and big.spills
     assert big.stack_bytes > 0 and big.instructions["STL"] > 0 and big.instructions["LDL"] > 0
-    assert fits.registers <= compiled.MAX_REGISTERS_PER_THREAD and not fits.spills
-    assert fits.programs_per_sm_by_registers == 1
+    assert fits.registers < compiled.MAX_REGISTERS_PER_THREAD and not fits.spills
     assert fits.shared_bytes < big.shared_bytes
 
 
-def test_the_vector_add_has_no_products_and_no_spills(built):
-    add = built["H100 vector add BLOCK 1024"]
-    assert add.math_unit == "none counted" and not add.spills
-    assert 0 < add.registers < 64 and add.programs_per_sm_by_registers >= 8
+def test_sizes_that_are_multiples_of_16_get_wide_asynchronous_loads_and_1000_does_not(built):
+    aligned, unaligned = built["H100 fp16 tile 64"], built["H100 fp16 tile 64, n=1000"]
+    assert aligned.load_bits == 128 and aligned.instructions["LDGSTS"] > 0
+    assert unaligned.load_bits == 16 and unaligned.instructions["LDGSTS"] == 0  # one fp16 at a time
+    assert unaligned.global_loads == "16-bit"
+
+
+def test_the_vector_add_loads_wider_with_bigger_blocks_and_never_spills(built):
+    small, big = built["H100 vector add BLOCK 64"], built["H100 vector add BLOCK 1024"]
+    assert small.load_bits == 32 and big.load_bits == 128  # 64 floats over 128 threads: one each
+    for add in (small, big):
+        assert add.math_unit == "none counted" and not add.spills and add.shared_bytes == 0
 
 
 @needs_triton
 def test_the_command_line_prints_the_table_and_stores_what_stored_surveys_reads(tmp_path, monkeypatch, capsys):
-    row = compiled.Compiled(capability=90, num_warps=8, registers=255, stack_bytes=2304,
-                            shared_bytes=65536, instructions=dict(HGMMA=8, HMMA=0, FFMA=0, LDL=532, STL=697))
+    row = compiled.Compiled(capability=90, num_warps=8, registers=255, stack_bytes=1024,
+                            shared_bytes=196608, load_bits=128,
+                            instructions=dict(HGMMA=8, HMMA=0, FFMA=0, LDL=286, STL=414, LDGSTS=48))
     monkeypatch.setattr(compiled, "survey", lambda: {"H100 fp16 tile 256": row})
     target = tmp_path / "surveys" / f"triton-{compiled._triton.triton.__version__}.json"
     compiled.main(["--json", str(target)])
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == f"compiled by {compiled.toolchain()}"
     assert printed[2].split() == ["H100", "fp16", "tile", "256", "tensor", "cores,", "warpgroup",
-                                  "(HGMMA)", "255", "2304", "1229", "64", "1"]
+                                  "(HGMMA)", "255", "1024", "700", "128-bit", "async", "192", "1"]
     assert printed[3] == f"written: {target}"
     (stored,) = compiled.stored_surveys(target.parent)
     assert stored["rows"] == {"H100 fp16 tile 256": row} and stored["file"] == target.name

@@ -21,7 +21,18 @@ inside the Triton wheel. What comes out is what that GPU would execute:
   matrix multiply-accumulate on the tensor cores, compute capability 9.0), ``HMMA``
   (a warp's tensor-core matrix multiply-accumulate, 7.0 and newer), or ``FFMA`` (one
   float32 fused multiply-add per thread on the ordinary CUDA cores);
+* **global loads**: the widest load from memory (16-bit, 32-bit, 128-bit), and whether
+  it is an asynchronous copy into shared memory (``LDGSTS``, which lets the pipeline
+  stages overlap loading with computing);
 * **shared memory** per program, in bytes (the pipeline stages' tiles of ``A`` and ``B``).
+
+**What a launch compiles.** A kernel is compiled for its arguments, not only its source:
+when it is launched, Triton's runtime looks at every argument (:func:`specialization`)
+and compiles a separate version where an integer equals 1 (it becomes a constant: a unit
+stride) or is a multiple of 16, and where a pointer is 16-byte aligned (fresh torch
+tensors are). Only then may the compiler assume the addresses line up for wide loads.
+A job therefore names its arguments' values (:class:`Pointer` for a tensor), and
+:func:`compile_kernels` specializes on them the way a launch would.
 
 The counts are *static*: instructions in the code, not instructions executed, and no
 timing. They explain measured times (a spilling tile, a GPU without a tensor-core path)
@@ -53,7 +64,10 @@ TARGETS = {75: "T4 (Turing)", 80: "A100 (Ampere)", 90: "H100 (Hopper)"}
 REGISTERS_PER_SM = 65536
 MAX_REGISTERS_PER_THREAD = 255
 REGISTER_GRANULE = 8  # registers per thread are allocated in multiples of 8
-COUNTED = ("HGMMA", "HMMA", "FFMA", "LDL", "STL")
+COUNTED = ("HGMMA", "HMMA", "FFMA", "LDL", "STL", "LDGSTS")
+SURVEY_N = 4096           # the matmul's size in the survey: the sweep's largest
+SURVEY_UNALIGNED_N = 1000  # and one the sweep measured that is not a multiple of 16
+SURVEY_ADD_N = 1 << 26     # the vector add's size: the benchmark's
 MATH_UNITS = (("HGMMA", "tensor cores, warpgroup (HGMMA)"), ("HMMA", "tensor cores (HMMA)"),
               ("FFMA", "CUDA cores (FFMA)"))
 
@@ -68,6 +82,7 @@ class Compiled:
     stack_bytes: int
     shared_bytes: int
     instructions: dict
+    load_bits: int  # the widest load from global memory (LDG or LDGSTS), in bits
 
     @property
     def spill_instructions(self) -> int:
@@ -85,6 +100,12 @@ class Compiled:
             if self.instructions.get(opcode, 0):
                 return unit
         return "none counted"
+
+    @property
+    def global_loads(self) -> str:
+        """The widest load from memory, e.g. ``"128-bit async"`` (``LDGSTS``: memory to
+        shared memory without passing through registers) or ``"16-bit"`` (``LDG``)."""
+        return f"{self.load_bits}-bit" + (" async" if self.instructions.get("LDGSTS", 0) else "")
 
     @property
     def programs_per_sm_by_registers(self) -> int:
@@ -109,19 +130,67 @@ def count_instructions(sass: str) -> dict[str, int]:
     return {opcode: counts.get(opcode, 0) for opcode in COUNTED}
 
 
-def signature_of(kernel, pointer_dtype: str) -> dict[str, str]:
-    """Triton's compile signature for a kernel of this package: ``tl.constexpr``
-    parameters are compile-time constants, ``*_ptr`` parameters point to
-    ``pointer_dtype`` (``"fp16"``, ``"fp32"``), every other parameter is an ``i32``."""
-    types = {}
-    for name, parameter in inspect.signature(kernel.fn).parameters.items():
-        if parameter.annotation is _triton.tl.constexpr or parameter.annotation == "tl.constexpr":
-            types[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            types[name] = f"*{pointer_dtype}"
-        else:
-            types[name] = "i32"
-    return types
+def widest_global_load(sass: str) -> int:
+    """Bits of the widest ``LDG``/``LDGSTS`` in ``cuobjdump -sass`` output: a ``.128``,
+    ``.64``, ``.U16``/``.S16`` or ``.U8``/``.S8`` modifier gives the width, none means
+    32 bits; 0 when the code loads nothing from global memory."""
+    widths = {"128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}
+    bits = [next((widths[m] for m in mnemonic.split(".")[1:] if m in widths), 32)
+            for mnemonic in re.findall(r"\b(LDGSTS(?:\.\w+)*|LDG(?:\.\w+)*)", sass)]
+    return max(bits, default=0)
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """A tensor argument of a launch: its element type (``"fp16"``, ``"fp32"``) and
+    whether its address is a multiple of 16 bytes (true of a freshly allocated tensor;
+    a view that starts inside one, such as ``x[1:]``, may not be)."""
+
+    dtype: str
+    aligned: bool = True
+
+
+def specialization(value) -> tuple[str, object]:
+    """What Triton's runtime derives from one launch argument: ``(type, key)``.
+
+    * a :class:`Pointer`: ``("*fp16", "D")`` when 16-byte aligned, ``("*fp16", "")`` if not;
+    * an integer equal to 1: ``("constexpr", 1)``, compiled in as a constant;
+    * another integer: ``("i32", "D")`` when divisible by 16 (``"D"``: the compiler may
+      assume it), ``("i32", "")`` otherwise; ``i64`` outside the 32-bit range.
+    """
+    if isinstance(value, Pointer):
+        return f"*{value.dtype}", "D" if value.aligned else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"a launch argument is a Pointer or an int, got {value!r}")
+    if value == 1:
+        return "constexpr", 1
+    return ("i32" if -2**31 <= value < 2**31 else "i64"), "D" if value % 16 == 0 else ""
+
+
+def launch_signature(kernel, args: dict, constexprs: dict) -> tuple[dict, dict, list]:
+    """``(signature, constexprs, divisible)`` for ``triton.compile``, as a launch of
+    ``kernel`` with these argument values would specialize it; ``divisible`` lists the
+    positions of the arguments compiled with the assumption "divisible by 16"."""
+    names = list(inspect.signature(kernel.fn).parameters)
+    missing = [n for n in names if n not in args and n not in constexprs]
+    unknown = [n for n in {**args, **constexprs} if n not in names]
+    if missing or unknown:
+        raise ValueError(f"{kernel.fn.__name__} takes {', '.join(names)}: "
+                         + "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                                       f"unknown {', '.join(unknown)}" if unknown else "")
+                                     if part))
+    signature, constants, divisible = {}, dict(constexprs), []
+    for position, name in enumerate(names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        kind, key = specialization(args[name])
+        signature[name] = kind
+        if kind == "constexpr":
+            constants[name] = key
+        elif key == "D":
+            divisible.append(position)
+    return signature, constants, divisible
 
 
 def toolchain() -> str:
@@ -144,8 +213,8 @@ def _tool(name: str) -> str:
                            "is tested with Triton 3.9") from None
 
 
-def _read_cubin(cubin: bytes) -> tuple[dict[str, int], dict[str, int]]:
-    """(resource usage, instruction counts) of a cubin, read with Triton's cuobjdump."""
+def _read_cubin(cubin: bytes) -> tuple[dict[str, int], str]:
+    """(resource usage, SASS listing) of a cubin, read with Triton's cuobjdump."""
     cuobjdump = _tool("cuobjdump")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "kernel.cubin"
@@ -153,21 +222,22 @@ def _read_cubin(cubin: bytes) -> tuple[dict[str, int], dict[str, int]]:
         usage, sass = (subprocess.run([cuobjdump, flag, str(path)], capture_output=True, text=True,
                                       check=True, timeout=120).stdout
                        for flag in ("--dump-resource-usage", "-sass"))
-    return parse_resource_usage(usage), count_instructions(sass)
+    return parse_resource_usage(usage), sass
 
 
-def compile_kernel(kernel, capability: int, *, constexprs: dict, pointer_dtype: str = "fp32",
+def compile_kernel(kernel, capability: int, *, args: dict, constexprs: dict,
                    num_warps: int = 4, num_stages: int = 3) -> Compiled:
     """Compile ``kernel`` (one of this package's ``@triton.jit`` kernels) for an NVIDIA GPU
-    of compute capability ``capability`` (a key of :data:`TARGETS`, e.g. 75 for
-    7.5) with the given compile-time constants and launch settings, and count what is in
-    the cubin. Works on any machine with Triton, GPU or not."""
-    return compile_kernels([dict(kernel=kernel, capability=capability, constexprs=constexprs,
-                                 pointer_dtype=pointer_dtype, num_warps=num_warps,
+    of compute capability ``capability`` (a key of :data:`TARGETS`, e.g. 75 for 7.5), as
+    a launch with these argument values (``args``: a :class:`Pointer` per tensor, an int
+    per integer), compile-time constants and launch settings would compile it, and count
+    what is in the cubin. Works on any machine with Triton, GPU or not."""
+    return compile_kernels([dict(kernel=kernel, capability=capability, args=args,
+                                 constexprs=constexprs, num_warps=num_warps,
                                  num_stages=num_stages)])[0]
 
 
-JOB_DEFAULTS = dict(pointer_dtype="fp32", num_warps=4, num_stages=3)
+JOB_DEFAULTS = dict(num_warps=4, num_stages=3)
 
 
 def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled]:
@@ -182,17 +252,22 @@ def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled
     _triton.require()
     jobs = []
     for request in requests:
+        request = {**JOB_DEFAULTS, **request}
         capability = request["capability"]
         if capability not in TARGETS:
             raise ValueError(f"capability must be one of {sorted(TARGETS)} (compute capability "
                              f"× 10: {', '.join(f'{c} = {name}' for c, name in TARGETS.items())}), "
                              f"got {capability!r}")
-        kernel = request["kernel"].fn
-        if kernel.__module__ == "__main__":
-            raise ValueError(f"{kernel.__name__} is defined in __main__ (a notebook or a script), "
+        kernel = request["kernel"]
+        if kernel.fn.__module__ == "__main__":
+            raise ValueError(f"{kernel.fn.__name__} is defined in __main__ (a notebook or a script), "
                              "which the compiling process cannot import: put the kernel in a .py "
                              "file and import it from there")
-        jobs.append({**JOB_DEFAULTS, **request, "kernel": [kernel.__module__, kernel.__name__]})
+        signature, constants, divisible = launch_signature(kernel, request["args"], request["constexprs"])
+        jobs.append(dict(kernel=[kernel.fn.__module__, kernel.fn.__name__], capability=capability,
+                         signature=signature, constexprs=constants, divisible=divisible,
+                         settings=request["constexprs"], num_warps=request["num_warps"],
+                         num_stages=request["num_stages"]))
     env = {**os.environ, "TRITON_INTERPRET": "0",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
     try:
@@ -211,7 +286,7 @@ def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled
     for job, result in zip(jobs, results):
         if "error" in result:
             module, name = job["kernel"]
-            settings = ", ".join(f"{k}={v}" for k, v in job["constexprs"].items())
+            settings = ", ".join(f"{k}={v}" for k, v in job["settings"].items())
             raise RuntimeError(f"compiling {module.rpartition('.')[2]}.{name} ({settings}; "
                                f"num_warps={job['num_warps']}, num_stages={job['num_stages']}) for "
                                f"compute capability {job['capability'] / 10:.1f} failed: "
@@ -226,57 +301,71 @@ def _compile_here(job: dict) -> dict:
 
     module, name = job["kernel"]
     kernel = getattr(importlib.import_module(module), name)
-    source = ASTSource(fn=kernel, signature=signature_of(kernel, job["pointer_dtype"]),
-                       constexprs=job["constexprs"])
+    source = ASTSource(fn=kernel, signature=job["signature"], constexprs=job["constexprs"],
+                       attrs={(position,): [["tt.divisibility", 16]] for position in job["divisible"]})
     binary = _triton.triton.compile(source, target=GPUTarget("cuda", job["capability"], 32),
                                     options={"num_warps": job["num_warps"],
                                              "num_stages": job["num_stages"],
                                              "enable_fp_fusion": True})
-    usage, instructions = _read_cubin(binary.asm["cubin"])
+    usage, sass = _read_cubin(binary.asm["cubin"])
     return dict(capability=job["capability"], num_warps=job["num_warps"], registers=usage["REG"],
                 stack_bytes=usage["STACK"], shared_bytes=binary.metadata.shared,
-                instructions=instructions)
+                instructions=count_instructions(sass), load_bits=widest_global_load(sass))
 
 
-def matmul_job(capability: int, block: int, *, dtype: str = "fp16", ieee: bool = False) -> dict:
-    """The arguments of :func:`compile_kernel` for the tiled matmul with square ``block``
-    tiles and the launch settings of the benchmark's sweep
-    (:func:`~parcourse.kernels.bench.matmul_launch`). ``dtype="fp32"`` with ``ieee=True``
-    is the package's float32 product; with ``ieee=False``, Triton's default TF32 products."""
+def matmul_job(capability: int, block: int, n: int = SURVEY_N, *, dtype: str = "fp16",
+               ieee: bool = False) -> dict:
+    """The arguments of :func:`compile_kernel` for the tiled matmul of two contiguous
+    ``n × n`` matrices with square ``block`` tiles and the launch settings of the
+    benchmark's sweep (:func:`~parcourse.kernels.bench.matmul_launch`). ``dtype="fp32"``
+    with ``ieee=True`` is the package's float32 product; ``ieee=False``, Triton's TF32."""
     from . import tiled_matmul
     from .bench import matmul_launch
 
     launch = matmul_launch(block)
+    args = dict(a_ptr=Pointer(dtype), b_ptr=Pointer(dtype), c_ptr=Pointer(dtype), M=n, N=n, K=n,
+                stride_am=n, stride_ak=1, stride_bk=n, stride_bn=1, stride_cm=n, stride_cn=1)
     constexprs = {"BLOCK_M": launch["block_m"], "BLOCK_N": launch["block_n"],
                   "BLOCK_K": launch["block_k"], "GROUP_M": tiled_matmul.DEFAULT_GROUP_M, "IEEE": ieee}
-    return dict(kernel=tiled_matmul.matmul_kernel, capability=capability, constexprs=constexprs,
-                pointer_dtype=dtype, num_warps=launch["num_warps"], num_stages=launch["num_stages"])
+    return dict(kernel=tiled_matmul.matmul_kernel, capability=capability, args=args,
+                constexprs=constexprs, num_warps=launch["num_warps"], num_stages=launch["num_stages"])
+
+
+def add_job(capability: int, block: int, n: int) -> dict:
+    """The arguments of :func:`compile_kernel` for the float32 vector add of ``n``
+    elements with ``BLOCK = block`` (Triton's default 4 warps)."""
+    from . import vecadd
+
+    args = dict(x_ptr=Pointer("fp32"), y_ptr=Pointer("fp32"), z_ptr=Pointer("fp32"), n=n)
+    return dict(kernel=vecadd.add_kernel, capability=capability, args=args, constexprs={"BLOCK": block})
 
 
 def format_rows(rows: list[tuple[str, Compiled]]) -> list[str]:
-    """One line per ``(label, compiled)``: unit of ``tl.dot``, registers, spills, shared memory."""
-    lines = [f"# {'':34s} {'tl.dot runs on':32s} {'regs':>4s} {'stack B':>7s} {'STL+LDL':>7s} "
-             f"{'smem KiB':>8s} {'programs/SM by regs':>19s}"]
+    """One line per ``(label, compiled)``: unit of ``tl.dot``, registers, spills, loads,
+    shared memory."""
+    lines = [f"# {'':28s} {'tl.dot runs on':31s} {'regs':>4s} {'stack B':>7s} {'STL+LDL':>7s} "
+             f"{'widest load':>12s} {'smem KiB':>8s} {'programs/SM by regs':>19s}"]
     for label, c in rows:
-        lines.append(f"  {label:34s} {c.math_unit:32s} {c.registers:4d} {c.stack_bytes:7d} "
-                     f"{c.spill_instructions:7d} {c.shared_bytes / 1024:8.0f} "
+        lines.append(f"  {label:28s} {c.math_unit:31s} {c.registers:4d} {c.stack_bytes:7d} "
+                     f"{c.spill_instructions:7d} {c.global_loads:>12s} {c.shared_bytes / 1024:8.0f} "
                      f"{c.programs_per_sm_by_registers:19d}")
     return lines
 
 
 def survey_jobs() -> dict[str, dict]:
-    """The chapter's table, as jobs by label: the float16 matmul for every target and every
-    tile of the benchmark's sweep, the float32 matmul on an H100 with exact and with TF32
-    products (tile 128), and the vector add (``BLOCK`` 1024)."""
-    from . import vecadd
+    """The chapter's table, as jobs by label: the float16 matmul at ``n = 4096`` for
+    every target and every tile of the benchmark's sweep; on an H100 the same at
+    ``n = 1000`` with tiles of 64, the float32 matmul with exact and with TF32 products
+    (tile 128), and the vector add of ``2^26`` elements with ``BLOCK`` 64 and 1024."""
     from .bench import SWEEP_MATMUL_BLOCKS
 
     jobs = {f"{gpu.split()[0]} fp16 tile {block}": matmul_job(capability, block)
             for capability, gpu in TARGETS.items() for block in SWEEP_MATMUL_BLOCKS}
+    jobs[f"H100 fp16 tile 64, n={SURVEY_UNALIGNED_N}"] = matmul_job(90, 64, SURVEY_UNALIGNED_N)
     for ieee, products in ((True, "fp32 exact"), (False, "fp32 TF32")):
         jobs[f"H100 {products} tile 128"] = matmul_job(90, 128, dtype="fp32", ieee=ieee)
-    jobs["H100 vector add BLOCK 1024"] = dict(kernel=vecadd.add_kernel, capability=90,
-                                             constexprs={"BLOCK": 1024})
+    for block in (64, 1024):
+        jobs[f"H100 vector add BLOCK {block}"] = add_job(90, block, SURVEY_ADD_N)
     return jobs
 
 
