@@ -135,6 +135,17 @@ def test_a_launch_with_missing_or_unknown_arguments_names_them():
 
 
 @needs_triton
+def test_a_triton_without_knobs_is_refused_with_the_version_needed(monkeypatch):
+    monkeypatch.setattr(compiled._triton, "triton", SimpleNamespace(__version__="3.3.1"))
+    for call in (compiled.toolchain, lambda: compiled.compile_kernels([compiled.add_job(90, 256, 64)])):
+        with pytest.raises(RuntimeError) as error:
+            call()
+        assert str(error.value) == ("parcourse.kernels.compiled needs Triton 3.4 or newer (its "
+                                    "triton.knobs names the ptxas and cuobjdump it ships); this is "
+                                    "Triton 3.3.1")
+
+
+@needs_triton
 def test_an_unknown_compute_capability_is_refused_with_the_ones_known():
     with pytest.raises(ValueError) as error:
         compiled.compile_kernel(**compiled.add_job(70, 256, 1 << 20))

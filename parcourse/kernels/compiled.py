@@ -193,9 +193,19 @@ def launch_signature(kernel, args: dict, constexprs: dict) -> tuple[dict, dict, 
     return signature, constants, divisible
 
 
+def require_compiler() -> None:
+    """Raise unless Triton is installed and new enough (3.4 and newer: ``triton.knobs``
+    says where the ``ptxas`` and ``cuobjdump`` inside the package are)."""
+    _triton.require()
+    if not hasattr(_triton.triton, "knobs"):
+        raise RuntimeError(f"parcourse.kernels.compiled needs Triton 3.4 or newer (its triton.knobs "
+                           f"names the ptxas and cuobjdump it ships); this is Triton "
+                           f"{_triton.triton.__version__}")
+
+
 def toolchain() -> str:
     """The compilers that produce what :func:`compile_kernels` reads: Triton and its ptxas."""
-    _triton.require()
+    require_compiler()
     tools = []
     for name in ("ptxas", "ptxas_blackwell"):  # Triton 3.9 assembles sm_90 with the second
         tool = getattr(_triton.triton.knobs.nvidia, name, None)
@@ -210,7 +220,7 @@ def _tool(name: str) -> str:
     except AttributeError:
         raise RuntimeError(f"this Triton ({_triton.triton.__version__}) does not say where its "
                            f"{name} is (triton.knobs.nvidia.{name}); parcourse.kernels.compiled "
-                           "is tested with Triton 3.9") from None
+                           "is tested with Triton 3.4 to 3.9") from None
 
 
 def _read_cubin(cubin: bytes) -> tuple[dict[str, int], str]:
@@ -249,7 +259,7 @@ def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled
     its own library functions such as ``tl.cdiv`` included, is an interpreted one; those
     cannot be compiled. The child imports Triton with ``TRITON_INTERPRET=0``, so it can.
     """
-    _triton.require()
+    require_compiler()
     jobs = []
     for request in requests:
         request = {**JOB_DEFAULTS, **request}
