@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from parcourse import kernels
-from parcourse.kernels import compiled, tiled_matmul, vecadd
+from parcourse.kernels import compiled, vecadd
 from parcourse.kernels._triton import tl
 
 needs_triton = pytest.mark.skipif(not kernels.AVAILABLE, reason="Triton is not installed")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from parcourse import kernels
+from parcourse.kernels import compiled, tiled_matmul
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not (kernels.AVAILABLE and kernels.DEVICE == "cuda"),
@@ -59,3 +60,26 @@ def test_gpu_timing_works():
 
     x = rand(1 << 20)
     assert bench.gpu_seconds(lambda: kernels.vector_add(x, x)) > 0
+
+
+@pytest.mark.parametrize("n, block", [(1024, 128), (1024, 256), (1000, 64)])
+def test_the_compiled_survey_predicts_the_kernel_that_a_launch_compiles(n, block):
+    """parcourse.kernels.compiled compiles ahead of time, on any machine, what a launch
+    compiles (chapter 5, "Reading the compiler's output"): here a real launch's kernel must
+    have the registers and the local memory (spills) predicted for this GPU."""
+    major, minor = torch.cuda.get_device_capability()
+    capability = 10 * major + minor
+    if capability not in compiled.TARGETS:
+        pytest.skip(f"compute capability {major}.{minor} is not one the survey compiles for")
+    job = compiled.matmul_job(capability, block, n)
+    (predicted,) = compiled.compile_kernels([job])
+    a, b = rand(n, n, dtype=torch.float16, seed=8), rand(n, n, dtype=torch.float16, seed=9)
+    c = torch.empty(n, n, dtype=torch.float16, device="cuda")
+    grid = ((-(-n // block)) ** 2,)  # ⌈n / block⌉² tiles
+    launched = tiled_matmul.matmul_kernel[grid](a, b, c, n, n, n, *a.stride(), *b.stride(), *c.stride(),
+                                                **job["constexprs"], num_warps=job["num_warps"],
+                                                num_stages=job["num_stages"])
+    torch.testing.assert_close(c, kernels.matmul_reference(a, b), rtol=1e-2, atol=1e-1)
+    launched._init_handles()  # loads the cubin: registers and local memory per thread
+    assert launched.n_regs == predicted.registers
+    assert launched.n_spills * 4 == predicted.stack_bytes  # Triton reports local bytes / 4
