@@ -395,13 +395,10 @@ def survey_record(built: dict[str, Compiled]) -> dict:
 def stored_surveys(folder: Path | str = SURVEYS) -> list[dict]:
     """Every stored survey (``python -m parcourse.kernels.compiled --json FILE`` under
     another Triton), sorted by file name, rows as :class:`Compiled`, ``file`` added."""
-    folder = Path(folder)
-    stored = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        record = json.loads(path.read_text())
-        record["rows"] = {label: Compiled(**fields) for label, fields in record["rows"].items()}
-        stored.append({**record, "file": path.name})
-    return stored
+    from .devices import stored_reports  # the same reading of a folder of JSON records
+
+    return [{**record, "rows": {label: Compiled(**fields) for label, fields in record["rows"].items()}}
+            for record in stored_reports(folder)]
 
 
 def main(argv: list[str] | None = None) -> None:
