@@ -16,8 +16,8 @@ import sys
 from dataclasses import fields, replace
 
 from . import launch
-from .errors import ConfigError, MissingDependencyError
-from .train import DATASETS, OPTIMIZERS, STRATEGIES, TrainConfig, train, validate
+from .errors import ConfigError, MissingDependencyError, TrainingDiverged
+from .train import DATASETS, DTYPES, OPTIMIZERS, STRATEGIES, TrainConfig, train, validate
 from .models import MODELS
 
 
@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate (default: %(default)s)")
     t.add_argument("--optimizer", default=defaults.optimizer, metavar="NAME",
                    help=f"{', '.join(OPTIMIZERS)} (default: %(default)s)")
+    t.add_argument("--dtype", default=defaults.dtype, metavar="NAME",
+                   help=f"{', '.join(DTYPES)}: the dtype of parameters, data, optimizer state "
+                        f"and messages; float64 makes every strategy equal to single to "
+                        f"1e-10 on any machine (default: %(default)s)")
     t.add_argument("--seed", type=int, default=defaults.seed,
                    help="seed of the initial weights and of the batch order (default: %(default)s)")
     t.add_argument("--workers", type=int, default=None, metavar="K",
@@ -202,9 +206,15 @@ def train_command(args: argparse.Namespace) -> int:
         _fail(f"python -m parcourse train: error: --strategy single runs on one worker, but "
               f"{launched} processes were started: use a parallel strategy")
     try:
+        for option in ("save", "metrics"):
+            _check_writable(getattr(args, option), f"--{option}")
         result = train(config)
     except (ConfigError, MissingDependencyError) as err:
         _fail(f"python -m parcourse train: error: {err}")
+    except TrainingDiverged as err:
+        if rank == 0:
+            print(f"python -m parcourse train: failed: {err}", file=sys.stderr)
+        return 1
     except (launch.WorkerError, launch.WorkerTimeout) as err:
         print(f"python -m parcourse train: failed: {err}", file=sys.stderr)
         return 1
@@ -229,6 +239,21 @@ def train_command(args: argparse.Namespace) -> int:
               f"{result.samples_per_second:,.0f} samples/s"
               + (f"; parameters saved to {args.save}" if args.save else ""))
     return 0
+
+
+def _check_writable(path: str | None, option: str) -> None:
+    """Refuse, before training, a file that could not be written at the end."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{option} {path} is a folder: name a file in it")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{option} {path}: the folder {folder} does not exist: create it "
+                          f"first or save elsewhere")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{option} {path}: the folder {folder} is not writable: save "
+                          f"elsewhere")
 
 
 def main(argv: list[str] | None = None) -> int:

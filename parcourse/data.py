@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import DataUnavailableError
+
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 MNIST_FILES = {
     "train_x": "train-images-idx3-ubyte.gz",
@@ -49,18 +51,27 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
 
+    def to(self, dtype: torch.dtype) -> "Dataset":
+        """The same data set with its images in ``dtype`` (labels stay int64)."""
+        if self.train_x.dtype == dtype:
+            return self
+        return Dataset(self.name, self.train_x.to(dtype), self.train_y,
+                       self.test_x.to(dtype), self.test_y)
+
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={len(self.train_y)}, "
                 f"test={len(self.test_y)}, image={tuple(self.train_x.shape[1:])})")
 
 
 def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int = 0,
-                 root: str | os.PathLike | None = None) -> Dataset:
-    """Load ``"digits"`` (offline) or ``"mnist"`` (downloaded once into ``root``)."""
+                 root: str | os.PathLike | None = None,
+                 dtype: torch.dtype = torch.float32) -> Dataset:
+    """Load ``"digits"`` (offline) or ``"mnist"`` (downloaded once into ``root``), with
+    its images in ``dtype``."""
     if name == "digits":
-        return _load_digits(test_fraction, seed)
+        return _load_digits(test_fraction, seed).to(dtype)
     if name == "mnist":
-        return _load_mnist(Path(root) if root else _default_root() / "mnist")
+        return _load_mnist(Path(root) if root else _default_root() / "mnist").to(dtype)
     raise ValueError(f"unknown dataset {name!r}: choose 'digits' (offline) or 'mnist'")
 
 
@@ -105,11 +116,10 @@ def _load_mnist(folder: Path) -> Dataset:
             try:
                 urllib.request.urlretrieve(MNIST_URL + filename, path.with_suffix(".part"))
             except OSError as err:
-                raise RuntimeError(
-                    f"MNIST could not be downloaded from {MNIST_URL} ({err}); "
-                    f"use load_dataset('digits'), which ships with scikit-learn and "
-                    f"needs no network, or put the four MNIST .gz files in {folder}"
-                ) from None
+                raise DataUnavailableError(
+                    f"MNIST could not be downloaded from {MNIST_URL} ({_reason(err)}): "
+                    f"use --dataset digits, which ships with scikit-learn and needs no "
+                    f"network, or put the four MNIST .gz files in {folder}") from None
             path.with_suffix(".part").rename(path)
         arrays[key] = read_idx(path)
     images = {k: torch.from_numpy(arrays[k].astype(np.float32) / 255.0).unsqueeze(1)
@@ -117,6 +127,12 @@ def _load_mnist(folder: Path) -> Dataset:
     labels = {k: torch.from_numpy(arrays[k].astype(np.int64)) for k in ("train_y", "test_y")}
     return Dataset("mnist", images["train_x"], labels["train_y"], images["test_x"],
                    labels["test_y"])
+
+
+def _reason(err: OSError) -> str:
+    """The innermost reason of a failed download, in one line."""
+    reason = getattr(err, "reason", None) or err
+    return " ".join(str(reason).split())
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:

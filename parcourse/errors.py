@@ -8,3 +8,22 @@ class ConfigError(ValueError):
 class MissingDependencyError(ImportError):
     """An optional dependency (Horovod, Triton, CUDA) is missing; the message says how to
     install it or what to use instead."""
+
+
+class DataUnavailableError(ConfigError):
+    """A data set cannot be loaded (no network for a download, a missing file); the
+    message says where it looked and what to use instead."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: training stopped at that step (chapter 5, "when
+    things fail"). ``rank`` computed the loss, ``step`` counts from 1."""
+
+    def __init__(self, loss: float, step: int, steps: int, rank: int, lr: float):
+        super().__init__(
+            f"the loss became {loss} at step {step} of {steps} (rank {rank}): training "
+            f"diverged, so it was stopped; lower --lr (it is {lr:g}) and start again")
+        self.loss, self.step, self.steps, self.rank, self.lr = loss, step, steps, rank, lr
+
+    def __reduce__(self):  # workers send it to the launcher as it is
+        return type(self), (self.loss, self.step, self.steps, self.rank, self.lr)

@@ -39,9 +39,7 @@ import os
 
 import torch
 
-from . import data as datasets
-from .errors import MissingDependencyError
-from .models import build_model
+from .errors import MissingDependencyError, TrainingDiverged
 
 
 def horovod_available() -> bool:
@@ -72,7 +70,7 @@ def horovod_worker(config, fp16: bool = False):
     import horovod.torch as hvd
 
     from .launch import threads_per_worker
-    from .train import TrainResult, _cpu_state, accuracy, fit, make_optimizer
+    from .train import TrainResult, _cpu_state, accuracy, fit, load_data_and_model, make_optimizer
 
     hvd.init()
     rank, world_size = hvd.rank(), hvd.size()
@@ -82,8 +80,7 @@ def horovod_worker(config, fp16: bool = False):
     else:
         device = torch.device("cpu")
         torch.set_num_threads(threads_per_worker(hvd.local_size()))
-    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
-    model = build_model(config.model, seed=config.seed).to(device)
+    dataset, model = load_data_and_model(config, device)
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
     optimizer = hvd.DistributedOptimizer(
         optimizer, named_parameters=model.named_parameters(), op=hvd.Average,
@@ -95,8 +92,12 @@ def horovod_worker(config, fp16: bool = False):
     def sum_over_workers(tensor: torch.Tensor) -> None:
         tensor.copy_(hvd.allreduce(tensor, op=hvd.Sum, name="losses"))
 
-    losses, seconds = fit(model, config, dataset, device, rank, world_size,
-                          optimizer=optimizer, sum_over_workers=sum_over_workers)
+    try:
+        losses, seconds = fit(model, config, dataset, device, rank, world_size,
+                              optimizer=optimizer, sum_over_workers=sum_over_workers)
+    except TrainingDiverged as err:  # returned, so that horovod.run does not bury it
+        hvd.shutdown()
+        return err
     result = None
     if rank == 0:
         result = TrainResult(config, _cpu_state(model), losses, seconds,
@@ -115,4 +116,7 @@ def train_horovod(config, fp16: bool = False):
     results = horovod.run(horovod_worker, args=(config, fp16), num_proc=config.workers,
                           hosts=f"localhost:{config.workers}", use_gloo=True,
                           verbose=0)
+    diverged = [r for r in results if isinstance(r, TrainingDiverged)]
+    if diverged:
+        raise diverged[0]
     return results[0]

@@ -77,7 +77,8 @@ def elastic_worker(config):
     TrainResult, the others None."""
     import horovod.torch as hvd
 
-    from .train import TrainResult, _cpu_state, accuracy, make_optimizer
+    from .train import (TrainResult, _cpu_state, accuracy, check_finite, load_data_and_model,
+                        make_optimizer)
 
     hvd.init()
     device = torch.device("cpu")
@@ -86,8 +87,7 @@ def elastic_worker(config):
         device = torch.device("cuda", hvd.local_rank())
     else:
         share_cores(hvd)
-    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
-    model = build_model(config.model, seed=config.seed).to(device)
+    dataset, model = load_data_and_model(config, device)
     optimizer = hvd.DistributedOptimizer(
         make_optimizer(config.optimizer, model.parameters(), config.lr),
         named_parameters=model.named_parameters(), op=hvd.Sum)
@@ -113,6 +113,7 @@ def elastic_worker(config):
             loss.backward()
             optimizer.step()
             total = hvd.allreduce(loss.detach().cpu(), op=hvd.Sum, name="loss")
+            check_finite(total.item(), state.step, config, hvd.rank())
             state.losses = state.losses + [total.item()]  # a new list: commit keeps the old
             state.step += 1
             if state.step % COMMIT_EVERY == 0:

@@ -21,8 +21,6 @@ import math
 
 import torch
 
-from . import data as datasets
-from .models import build_model
 
 
 def first_update_ratio(betas: tuple[float, float] = (0.9, 0.999), lr: float = 1e-3,
@@ -64,10 +62,9 @@ def _train(config, broadcast_state: bool):
     ``hvd.broadcast_optimizer_state`` on the fresh optimizer first; rank 0's results."""
     import horovod.torch as hvd
 
-    from .train import _cpu_state, fit, make_optimizer
+    from .train import _cpu_state, fit, load_data_and_model, make_optimizer
 
-    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
-    model = build_model(config.model, seed=config.seed)
+    dataset, model = load_data_and_model(config)
     optimizer = hvd.DistributedOptimizer(
         make_optimizer(config.optimizer, model.parameters(), config.lr),
         named_parameters=model.named_parameters(), op=hvd.Average)

@@ -35,10 +35,12 @@ from .data import shard_bounds
 STAGES = 2  # the two layers of the perceptron, one per stage
 
 
-def build_mlp(d_in: int, hidden: int, d_out: int, seed: int = 0) -> nn.Sequential:
-    """The two-layer perceptron; the same ``seed`` gives the same weights in every process."""
+def build_mlp(d_in: int, hidden: int, d_out: int, seed: int = 0,
+              dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    """The two-layer perceptron; the same ``seed`` gives the same weights in every process
+    (drawn in float32, then converted to ``dtype``)."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out)).to(dtype)
 
 
 def stage_of(model: nn.Sequential, stage: int) -> nn.Sequential:
@@ -59,7 +61,7 @@ def grid_position(rank: int, world_size: int) -> tuple[int, int]:
 def reference_train(x: torch.Tensor, y: torch.Tensor, hidden: int, steps: int, lr: float,
                     seed: int = 0) -> tuple[dict[str, torch.Tensor], list[float]]:
     """One process, the unsplit model, the whole batch, plain SGD: the reference."""
-    model = build_mlp(x.shape[1], hidden, y.shape[1], seed)
+    model = build_mlp(x.shape[1], hidden, y.shape[1], seed, x.dtype)
     losses = []
     for _ in range(steps):
         model.zero_grad()
@@ -84,7 +86,7 @@ def hybrid_worker(rank: int, world_size: int, x: torch.Tensor, y: torch.Tensor, 
     replicas = world_size // STAGES
     # every rank creates every group, in the same order (torch.distributed requires it)
     groups = [dist.new_group([r * STAGES + s for r in range(replicas)]) for s in range(STAGES)]
-    mine = stage_of(build_mlp(x.shape[1], hidden, y.shape[1], seed), stage)
+    mine = stage_of(build_mlp(x.shape[1], hidden, y.shape[1], seed, x.dtype), stage)
     start, end = shard_bounds(len(x), replica, replicas)
     xs, ys, n = x[start:end], y[start:end], len(x)
     sent = {"between stages": 0, "all-reduce": 0}
@@ -99,7 +101,7 @@ def hybrid_worker(rank: int, world_size: int, x: torch.Tensor, y: torch.Tensor, 
             a.backward(grad_a)
             sent["between stages"] += a.numel() * a.element_size()
         else:
-            a = torch.empty(len(xs), hidden)
+            a = torch.empty(len(xs), hidden, dtype=x.dtype)
             dist.recv(a, rank - 1)
             a.requires_grad_()
             out = mine(a)

@@ -32,6 +32,7 @@ Spawned workers import ``fn`` afresh, so it must live in an importable module (t
 from __future__ import annotations
 
 import ctypes
+import multiprocessing.util
 import os
 import pickle
 import signal
@@ -46,9 +47,24 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError, MissingDependencyError, TrainingDiverged
+
 BACKENDS = ("auto", "gloo", "nccl")
 _HOST = "127.0.0.1"
 _device = torch.device("cpu")
+# Errors whose message is complete for the user: re-raised in the caller as they are,
+# without the worker's traceback.
+REPORTED = (ConfigError, MissingDependencyError, TrainingDiverged)
+# What one worker costs in memory: a fresh Python with torch imported and a gloo group,
+# measured as resident memory on Linux (torch 2.13, CPU): about 330 MiB; rounded up.
+WORKER_BYTES = 400 << 20
+SETTLE_SECONDS = 1.0  # after a failure, how long to wait for the other workers' reports
+# The store and the process group of spawned workers time out this much after the
+# launcher's own deadline, so that the launcher, which knows which workers never
+# joined, is the one that reports a timeout.
+LATER_SECONDS = 30.0
+# How gloo says that the other end of a connection has gone (a peer failed or was stopped).
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer")
 
 
 class WorkerError(RuntimeError):
@@ -137,6 +153,9 @@ def run(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
         return _run_here_under_torchrun(fn, world_size, args, backend, timeout)
     chosen, reason = choose_backend(world_size, backend)
     _check_importable(fn, args)
+    warning = memory_warning(world_size)
+    if warning:
+        print(f"parcourse.launch: warning: {warning}", file=sys.stderr, flush=True)
     if verbose and backend == "auto":
         where = "GPU processes with nccl" if chosen == "nccl" else "CPU processes with gloo"
         print(f"parcourse.launch: {_count(world_size, 'worker')} as {where} ({reason})",
@@ -160,9 +179,33 @@ def _check_importable(fn: Callable, args: tuple) -> None:
                         f"{err}") from None
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux's MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def memory_warning(world_size: int, available: int | None = None) -> str | None:
+    """Why ``world_size`` workers may not fit this machine's memory (None if they fit)."""
+    available = available_memory() if available is None else available
+    need = world_size * WORKER_BYTES
+    if available is None or need <= available:
+        return None
+    return (f"{world_size} workers need about {need / 2**30:.1f} GiB (each is a Python "
+            f"process with torch, about {WORKER_BYTES >> 20} MiB) but this machine has "
+            f"{available / 2**30:.1f} GiB available: expect workers to be killed for lack "
+            f"of memory; use at most {max(1, available // WORKER_BYTES)} workers")
+
+
 def _spawn(fn: Callable, world_size: int, args: tuple, backend: str, timeout: float) -> list:
     store = dist.TCPStore(_HOST, 0, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=timeout))
+                          timeout=timedelta(seconds=timeout + LATER_SECONDS))
     context = get_context("spawn")
     threads = threads_per_worker(world_size)
     processes, receivers, finished = [], [], False
@@ -188,47 +231,111 @@ def _spawn(fn: Callable, world_size: int, args: tuple, backend: str, timeout: fl
 
 
 def _collect(processes: list, receivers: list, timeout: float) -> list:
+    """Every worker's result in rank order, or the first failure as an exception.
+
+    Each worker reports ``started`` (its Python is up and has imported torch), ``joined``
+    (its process group is initialised), then its result or its error. A timeout names
+    the ranks that never got that far; a failure waits :data:`SETTLE_SECONDS` for the
+    other workers' reports, so a worker's own error beats its peers' "connection closed"
+    and the lowest rank reports when several fail at once.
+    """
     world_size = len(processes)
     results: dict[int, Any] = {}
+    progress: dict[int, str] = {}   # rank → "started" or "joined"
     deadline = time.monotonic() + timeout
     while len(results) < world_size:
-        pending = [r for r in range(world_size) if r not in results]
         remaining = deadline - time.monotonic()
-        ready = connection.wait([receivers[r] for r in pending] +
-                                [processes[r].sentinel for r in pending],
-                                timeout=max(0.0, remaining)) if remaining > 0 else []
-        if not ready:
-            raise WorkerTimeout(
-                f"worker rank{'s' if len(pending) > 1 else ''} "
-                f"{', '.join(map(str, pending))} of {world_size} did not finish within "
-                f"{timeout:g} s and {'were' if len(pending) > 1 else 'was'} stopped; a "
-                f"worker is probably waiting in a collective that another worker never "
-                f"joined. If the work is only slow, pass a larger timeout=")
-        failures = []  # (caused by a peer?, error)
-        for rank in pending:
-            if receivers[rank] in ready or receivers[rank].poll():
-                try:
-                    results[rank] = _receive(receivers[rank], rank, processes[rank], world_size)
-                except WorkerError as err:
-                    failures.append((err.peer_failure, err))
-            elif processes[rank].sentinel in ready:
-                processes[rank].join()
-                failures.append((False, WorkerError(
-                    _death_message(rank, world_size, processes[rank].exitcode), rank)))
+        failures = _poll(processes, receivers, results, progress, max(0.0, remaining))
+        if failures is None:
+            raise WorkerTimeout(_timeout_message(world_size, results, progress, timeout))
         if failures:
-            # A worker's own error comes first; "connection closed" errors of its peers after.
-            raise min(failures, key=lambda failure: failure[0])[1]
+            settle = time.monotonic() + SETTLE_SECONDS
+            while len(results) + len(failures) < world_size and time.monotonic() < settle:
+                more = _poll(processes, receivers, results, progress,
+                             settle - time.monotonic(), skip={e.rank for e in failures})
+                failures += more or []
+            raise min(failures, key=_precedence)
     return [results[r] for r in range(world_size)]
 
 
-def _receive(receiver, rank: int, process, world_size: int) -> Any:
+def _precedence(err: Exception) -> tuple[int, int]:
+    """Which failure to report: a complete message (say, a diverged loss) before a
+    worker's own error, before a peer's "connection closed"; then the lowest rank."""
+    if isinstance(err, REPORTED):
+        return 0, err.rank if hasattr(err, "rank") else 0
+    return (2 if err.peer_failure else 1), err.rank
+
+
+def _poll(processes, receivers, results, progress, wait: float, skip=()) -> list | None:
+    """Read what the pending workers sent within ``wait`` seconds: the failures seen (a
+    list, perhaps empty), or None when nothing at all arrived."""
+    pending = [r for r in range(len(processes)) if r not in results and r not in skip]
+    ready = connection.wait([receivers[r] for r in pending] +
+                            [processes[r].sentinel for r in pending], timeout=wait)
+    if not ready:
+        return None
+    failures = []
+    for rank in pending:
+        if receivers[rank] in ready or receivers[rank].poll():
+            try:
+                status, payload = _receive(receivers[rank], rank, processes[rank],
+                                           len(processes))
+            except (WorkerError, *REPORTED) as err:
+                failures.append(err)
+                continue
+            if status == "ok":
+                results[rank] = payload
+            else:
+                progress[rank] = status
+        elif processes[rank].sentinel in ready:
+            processes[rank].join()
+            failures.append(WorkerError(
+                _death_message(rank, len(processes), processes[rank].exitcode), rank))
+    return failures
+
+
+def _timeout_message(world_size: int, results: dict, progress: dict, timeout: float) -> str:
+    pending = [r for r in range(world_size) if r not in results]
+    unstarted = [r for r in pending if r not in progress]
+    waiting = [r for r in pending if progress.get(r) == "started"]
+    if unstarted or waiting:
+        parts = []
+        if unstarted:
+            parts.append(f"{_ranks(unstarted)} had not started (a worker is a fresh Python "
+                         f"that imports torch)")
+        if waiting:
+            parts.append(f"{_ranks(waiting)} {'were' if len(waiting) > 1 else 'was'} "
+                         f"waiting for {'them' if unstarted else 'the others'} to join")
+        return (f"the {world_size} workers did not all join within {timeout:g} s and were "
+                f"stopped: {'; '.join(parts)}. This machine has "
+                f"{_count(available_cores(), 'core')}: start fewer workers, or pass a larger "
+                f"timeout (--timeout on the command line)")
+    return (f"worker {_ranks(pending)} of {world_size} did not finish within {timeout:g} s "
+            f"and {'were' if len(pending) > 1 else 'was'} stopped; a worker is probably "
+            f"waiting in a collective that another worker never joined. If the work is "
+            f"only slow, pass a larger timeout (--timeout on the command line)")
+
+
+def _ranks(ranks: list[int]) -> str:
+    """``[0, 1, 2, 5]`` is "ranks 0–2, 5"; ``[3]`` is "rank 3"."""
+    runs, start = [], ranks[0]
+    for previous, current in zip(ranks, ranks[1:] + [None]):
+        if current != previous + 1 if current is not None else True:
+            runs.append(str(start) if start == previous else f"{start}–{previous}")
+            start = current
+    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(runs)}"
+
+
+def _receive(receiver, rank: int, process, world_size: int) -> tuple[str, Any]:
     try:
         status, payload = pickle.loads(receiver.recv_bytes())
     except EOFError:
         process.join(5)
         raise WorkerError(_death_message(rank, world_size, process.exitcode), rank) from None
-    if status == "ok":
-        return payload
+    if status in ("ok", "started", "joined"):
+        return status, payload
+    if status == "reported":
+        raise payload
     summary, remote_traceback, peer_failure = payload
     raise WorkerError(f"worker rank {rank} of {world_size} failed with {summary}\n\n"
                       f"Traceback from rank {rank}:\n{remote_traceback}", rank,
@@ -288,19 +395,28 @@ def _worker_main(fn, args, rank, world_size, backend, port, timeout, threads, se
     _die_with_parent(parent_pid)
     torch.set_num_threads(threads)
     try:
+        sender.send_bytes(pickle.dumps(("started", None)))
         if backend == "nccl":
             torch.cuda.set_device(rank)
             _device = torch.device("cuda", rank)
-        store = dist.TCPStore(_HOST, port, is_master=False, timeout=timedelta(seconds=timeout))
+        later = timedelta(seconds=timeout + LATER_SECONDS)
+        store = dist.TCPStore(_HOST, port, is_master=False, timeout=later)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=timeout))
+                                timeout=later)
+        sender.send_bytes(pickle.dumps(("joined", None)))
         message = pickle.dumps(("ok", fn(rank, world_size, *args)))
     except BaseException as err:  # report everything, KeyboardInterrupt included
-        summary = f"{type(err).__name__}: {err}".strip()
-        peer_failure = isinstance(err, getattr(dist, "DistError", ()))
-        sender.send_bytes(pickle.dumps(("error", (summary, traceback.format_exc(), peer_failure))))
+        if isinstance(err, REPORTED):
+            report = ("reported", err)
+        else:
+            summary = f"{type(err).__name__}: {err}".strip()
+            peer_failure = (isinstance(err, getattr(dist, "DistError", ()))
+                            or any(s in str(err) for s in PEER_GONE))
+            report = ("error", (summary, traceback.format_exc(), peer_failure))
+        sender.send_bytes(pickle.dumps(report))
         sender.close()
-        os._exit(1)  # peers may be stuck in a collective: skip the orderly shutdown
+        multiprocessing.util._run_finalizers(0)  # release semaphores (tqdm's lock) …
+        os._exit(1)  # … but skip the orderly shutdown: peers may be stuck in a collective
     sender.send_bytes(message)
     sender.close()
     dist.destroy_process_group()

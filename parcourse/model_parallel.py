@@ -52,13 +52,13 @@ def check_microbatches(batch_size: int, replicas: int, microbatches: int) -> Non
 
 def pipeline_worker(rank: int, world_size: int, config):
     """One stage of one replica; rank 0 returns the gathered result, the others None."""
-    from .train import TrainResult, _progress, accuracy, make_optimizer
+    from .train import (TrainResult, _progress, accuracy, check_finite, load_data_and_model,
+                        make_optimizer)
 
     replicas, stages = grid(world_size, config.stages)
     replica, stage = divmod(rank, stages)
     device = launch.device()
-    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
-    model = build_model(config.model, seed=config.seed)
+    dataset, model = load_data_and_model(config)
     micro_size = config.batch_size // (replicas * config.microbatches)
     example = dataset.train_x[:micro_size]  # one micro-batch: shapes and layer times
     # measured layer times differ from worker to worker: rank 0 decides for everyone
@@ -72,7 +72,7 @@ def pipeline_worker(rank: int, world_size: int, config):
     runner = pipeline.PipelineStage(part, stage, stages,
                                     rank - 1 if stage > 0 else None,
                                     rank + 1 if stage < stages - 1 else None,
-                                    shapes[stage], shapes[stage + 1], device)
+                                    shapes[stage], shapes[stage + 1], device, example.dtype)
     groups = [dist.new_group([r * stages + s for r in range(replicas)]) for s in range(stages)]
     actions = pipeline.schedule(PIPELINE_SCHEDULES[config.strategy], stage, stages,
                                 config.microbatches)
@@ -94,6 +94,8 @@ def pipeline_worker(rank: int, world_size: int, config):
             inputs=[dataset.train_x[i].to(device) for i in micro] if runner.is_first else None,
             targets=[dataset.train_y[i].to(device) for i in micro] if runner.is_last else None,
             weights=[len(i) / config.batch_size for i in micro])
+        if runner.is_last:
+            check_finite(loss, step, config, rank)
         if trainable:
             if replicas > 1:
                 _sum_gradients(part, groups[stage])
@@ -118,7 +120,7 @@ def pipeline_worker(rank: int, world_size: int, config):
     for replica_index, part_state, _, _ in gathered:
         if replica_index == 0:
             state.update(part_state)
-    full = build_model(config.model)
+    full = build_model(config.model, dtype=example.dtype)
     full.load_state_dict(state)
     result = TrainResult(config, state, losses.tolist(), seconds,
                          accuracy(full, dataset.test_x, dataset.test_y, torch.device("cpu")))
@@ -183,12 +185,11 @@ def _sum_gradients(module: torch.nn.Module, group) -> None:
 def tensor_worker(rank: int, world_size: int, config):
     """Megatron tensor parallelism: every worker sees the whole batch and holds 1/K of
     each split layer; rank 0 returns the gathered result."""
-    from .train import TrainResult, accuracy, fit
+    from .train import TrainResult, accuracy, fit, load_data_and_model
 
     device = launch.device()
-    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
-    model = tensor_parallel.parallelize(build_model(config.model, seed=config.seed),
-                                        rank, world_size).to(device)
+    dataset, whole = load_data_and_model(config)
+    model = tensor_parallel.parallelize(whole, rank, world_size).to(device)
     def restore(config, model, optimizer, losses, _rank):
         from .train import _resumable
 
@@ -217,7 +218,7 @@ def tensor_worker(rank: int, world_size: int, config):
     state = tensor_parallel.full_state_dict(model)
     if rank != 0:
         return None
-    full = build_model(config.model)
+    full = build_model(config.model, dtype=dataset.train_x.dtype)
     full.load_state_dict(state)
     return TrainResult(config, state, losses, seconds,
                        accuracy(full, dataset.test_x, dataset.test_y, torch.device("cpu")))

@@ -58,15 +58,20 @@ class ComplexModel(nn.Sequential):
 MODELS = {"simple": SimpleModel, "complex": ComplexModel}
 
 
-def build_model(name: str, seed: int | None = None) -> nn.Module:
-    """Return a fresh model by name; with ``seed`` its initial weights are reproducible."""
+def build_model(name: str, seed: int | None = None,
+                dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Return a fresh model by name; with ``seed`` its initial weights are reproducible.
+
+    The weights are drawn in float32 and then converted to ``dtype``, so a float64 model
+    starts from exactly the values of its float32 twin (chapter 3: equality in float64).
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
     if seed is None:
-        return MODELS[name]()
+        return MODELS[name]().to(dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODELS[name]()
+        return MODELS[name]().to(dtype)
 
 
 def count_parameters(model: nn.Module) -> int:

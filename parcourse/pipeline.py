@@ -141,11 +141,12 @@ class PipelineStage:
 
     def __init__(self, module: nn.Module, stage: int, stages: int,
                  prev_rank: int | None, next_rank: int | None,
-                 input_shape: torch.Size, output_shape: torch.Size, device: torch.device):
+                 input_shape: torch.Size, output_shape: torch.Size, device: torch.device,
+                 dtype: torch.dtype = torch.float32):
         self.module, self.stage, self.stages = module, stage, stages
         self.prev_rank, self.next_rank = prev_rank, next_rank
         self.input_shape, self.output_shape = input_shape, output_shape
-        self.device = device
+        self.device, self.dtype = device, dtype
         self.peak_in_flight = 0
 
     @property
@@ -172,7 +173,7 @@ class PipelineStage:
                 if self.is_first:
                     x = inputs[m]
                 else:
-                    x = torch.empty(self.input_shape, device=self.device)
+                    x = torch.empty(self.input_shape, dtype=self.dtype, device=self.device)
                     dist.recv(x, src=self.prev_rank)
                     x.requires_grad_()
                 start = time.perf_counter()
@@ -193,7 +194,7 @@ class PipelineStage:
                     start = time.perf_counter()
                     out.backward()
                 else:
-                    grad = torch.empty(self.output_shape, device=self.device)
+                    grad = torch.empty(self.output_shape, dtype=self.dtype, device=self.device)
                     dist.recv(grad, src=self.next_rank)
                     start = time.perf_counter()
                     out.backward(grad)

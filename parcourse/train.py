@@ -22,7 +22,9 @@ Strategies:
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -33,11 +35,12 @@ from torch import nn
 
 from . import checkpoint, collectives, data_parallel, launch
 from . import data as datasets
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 from .models import MODELS, build_model
 
 OPTIMIZERS = ("sgd", "adam")
 DATASETS = ("digits", "mnist")
+DTYPES = ("float32", "float64")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 0.05
     optimizer: str = "sgd"
+    dtype: str = "float32"          # float64 proves equality with single (parcourse.compare)
     seed: int = 0
     workers: int = 1
     backend: str = "auto"
@@ -102,12 +106,16 @@ def validate(config: TrainConfig) -> None:
           f"unknown --dataset {config.dataset!r}: choose one of {', '.join(DATASETS)}")
     check(config.optimizer in OPTIMIZERS,
           f"unknown --optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    check(config.dtype in DTYPES,
+          f"unknown --dtype {config.dtype!r}: choose one of {', '.join(DTYPES)}")
     check(config.backend in launch.BACKENDS,
           f"unknown --backend {config.backend!r}: choose one of {', '.join(launch.BACKENDS)}")
     check(config.steps >= 1, f"--steps must be at least 1 (got {config.steps})")
     check(config.batch_size >= 1, f"--batch-size must be at least 1 (got {config.batch_size})")
-    check(config.lr > 0, f"--lr must be positive (got {config.lr})")
-    check(config.timeout > 0, f"--timeout must be positive (got {config.timeout})")
+    check(config.lr > 0 and math.isfinite(config.lr),
+          f"--lr must be a positive finite number (got {config.lr})")
+    check(config.timeout > 0 and math.isfinite(config.timeout),
+          f"--timeout must be a positive number of seconds (got {config.timeout})")
     check(config.workers >= 1, f"--workers must be at least 1 (got {config.workers})")
     if config.strategy == "single":
         check(config.workers == 1, f"--strategy single runs on one worker (got --workers "
@@ -195,9 +203,33 @@ def train(config: TrainConfig) -> TrainResult:
                                         asdict(config))
         if problem:
             raise ConfigError(f"--resume cannot continue from {config.checkpoint}: {problem}")
+    if config.dataset != "digits":  # a download happens once, here, not in every worker
+        datasets.load_dataset(config.dataset, seed=config.seed)
     if config.strategy in PIPELINES and not config.stages:
         config = replace(config, stages=stages_of(config))
     return STRATEGIES[config.strategy](config)
+
+
+def dtype_of(config: TrainConfig) -> torch.dtype:
+    """The torch dtype of a run's parameters, data, optimizer state and messages."""
+    return getattr(torch, config.dtype)
+
+
+def load_data_and_model(config: TrainConfig, device: torch.device | None = None,
+                        seed: int | None = None):
+    """A worker's data set and a fresh copy of the whole model, both in ``config.dtype``
+    (the model on ``device`` when one is given; initial weights from ``seed``, by default
+    ``config.seed``)."""
+    dtype = dtype_of(config)
+    dataset = datasets.load_dataset(config.dataset, seed=config.seed, dtype=dtype)
+    model = build_model(config.model, seed=config.seed if seed is None else seed, dtype=dtype)
+    return dataset, (model if device is None else model.to(device))
+
+
+def check_finite(loss: float, step: int, config: TrainConfig, rank: int) -> None:
+    """Stop at the first NaN or infinite loss (``step`` counts from 0), naming the rank."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(loss, step + 1, config.steps, rank, config.lr)
 
 
 def _resumable(config: TrainConfig) -> bool:
@@ -214,6 +246,8 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 def _progress(config: TrainConfig, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
+    if "_lock" not in vars(tqdm):  # a thread lock, not tqdm's default semaphore: a worker
+        tqdm.set_lock(threading.RLock())  # that is stopped then leaks nothing
     return tqdm(total=config.steps, initial=initial, desc=config.strategy, unit="step",
                 disable=config.quiet or not enabled, leave=True)
 
@@ -255,9 +289,12 @@ def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
             part = datasets.shard(mine, micro, config.accumulation)
             x, y = dataset.train_x[part].to(device), dataset.train_y[part].to(device)
             loss = F.cross_entropy(model(x), y)
+            local_loss += loss.item() * len(part) / len(mine)
+            if micro == config.accumulation - 1:  # before the backward pass's collectives
+                check_finite(_global_loss(local_loss * share, world_size, sum_over_workers,
+                                          device), step, config, rank)
             weight = len(part) / len(mine) * (share if sync is not None else 1.0)
             (loss * weight if weight != 1.0 else loss).backward()
-            local_loss += loss.item() * len(part) / len(mine)
         if sync is not None:
             sync.finish()
         optimizer.step()
@@ -275,6 +312,16 @@ def fit(model: nn.Module, config: TrainConfig, dataset: datasets.Dataset,
     if world_size > 1:
         sum_over_workers(losses)
     return losses.tolist(), seconds
+
+
+def _global_loss(mine: float, world_size: int, sum_over_workers, device) -> float:
+    """The global batch's mean loss from each worker's weighted share: one scalar summed
+    over the workers, so that every worker sees a non-finite loss at the same step."""
+    if world_size == 1:
+        return mine
+    total = torch.tensor([mine], dtype=torch.float64, device=device)
+    sum_over_workers(total)
+    return total.item()
 
 
 def _restore(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -323,8 +370,7 @@ def _cpu_state(model: nn.Module) -> dict:
 def train_single(config: TrainConfig) -> TrainResult:
     """The single-device reference: one process, the whole global batch each step."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
-    model = build_model(config.model, seed=config.seed).to(device)
+    dataset, model = load_data_and_model(config, device)
     losses, seconds = fit(model, config, dataset, device)
     return TrainResult(config, _cpu_state(model), losses, seconds,
                        accuracy(model, dataset.test_x, dataset.test_y, device))
@@ -345,8 +391,7 @@ def _replicate(model: nn.Module, config: TrainConfig, device: torch.device):
 def data_parallel_worker(rank: int, world_size: int, config: TrainConfig) -> TrainResult | None:
     """One data-parallel worker; rank 0 returns the result, the others ``None``."""
     device = launch.device()
-    dataset = datasets.load_dataset(config.dataset, seed=config.seed)
-    model = build_model(config.model, seed=config.seed).to(device)
+    dataset, model = load_data_and_model(config, device)
     replica, sync = _replicate(model, config, device)
     losses, seconds = fit(replica, config, dataset, device, rank, world_size, sync)
     if rank != 0:

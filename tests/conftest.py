@@ -1,13 +1,45 @@
-"""Fixtures shared by the book's tests: the whole book is built once per test run."""
+"""What the tests share: the command-line runner, train-and-load, the comparison with the
+single run (float64, :mod:`parcourse.compare`), and the book built once per test run."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from parcourse import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
+# The runs that prove a strategy equal to --strategy single: float64, so that the
+# tolerance has a reason (parcourse.compare.FLOAT64_TOLERANCE) and holds on any machine.
+COMMON = ["--steps", "20", "--batch-size", "32", "--seed", "3", "--quiet", "--dtype", "float64"]
+FLOAT32 = [*COMMON[:-2], "--dtype", "float32"]
+OPTIMIZERS = {"sgd": ["--optimizer", "sgd", "--lr", "0.05"],
+              "adam": ["--optimizer", "adam", "--lr", "0.002"]}
+ERR = "python -m parcourse train: error: "
+
+
+def parcourse(*args, launcher=(sys.executable, "-m", "parcourse"), timeout=180, env=None):
+    """Run the command line (``python -m parcourse ...``) from the repository's root."""
+    return subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env=env)
+
+
+def train_and_load(folder, name, *args, launcher=(sys.executable, "-m", "parcourse"),
+                   common=COMMON, env=None):
+    """Train with ``common + args``, save to ``folder/name.pt`` and return the state_dict."""
+    path = folder / f"{name}.pt"
+    done = parcourse("train", *common, *args, "--save", str(path), launcher=launcher, env=env)
+    assert done.returncode == 0, done.stderr
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_parameters(actual, expected, atol=compare.FLOAT64_TOLERANCE):
+    """The same keys in the same order, every value within ``atol`` (float64 runs)."""
+    assert list(actual) == list(expected)  # plain key names, same order
+    return compare.assert_close(actual, expected, atol)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from test_cli import (COMMON, ERR, OPTIMIZERS, assert_same_parameters, parcourse,
+from conftest import (COMMON, ERR, OPTIMIZERS, assert_same_parameters, parcourse,
                       train_and_load)
 
 
@@ -14,7 +14,8 @@ def single(tmp_path_factory):
     folder = tmp_path_factory.mktemp("single")
     return {(model, optimizer): train_and_load(folder, f"{model}-{optimizer}", "--model", model,
                                                *OPTIMIZERS[optimizer])
-            for model, optimizer in (("simple", "sgd"), ("simple", "adam"), ("complex", "sgd"))}
+            for model, optimizer in (("simple", "sgd"), ("simple", "adam"), ("complex", "sgd"),
+                                     ("complex", "adam"))}
 
 
 @pytest.mark.parametrize("model, optimizer, args", [
@@ -22,8 +23,10 @@ def single(tmp_path_factory):
     ("simple", "adam", ["--strategy", "pipeline-1f1b", "--workers", "3", "--microbatches", "2"]),
     ("complex", "sgd", ["--strategy", "pipeline-1f1b", "--workers", "2", "--microbatches", "8",
                         "--partition", "3"]),
-    # (complex with Adam differs by ~3e-6 even in one process, just from running 2 threads
-    # instead of 1: Adam turns the rounding noise of near-zero gradients into lr-sized steps)
+    # complex with Adam: in float32 it differs by ~3e-6 even in one process, just from
+    # running 2 threads instead of 1 (Adam turns the rounding noise of near-zero gradients
+    # into lr-sized steps); in float64 that noise is 1e-16 and the pipeline matches
+    ("complex", "adam", ["--strategy", "pipeline-1f1b", "--workers", "2", "--microbatches", "4"]),
     ("complex", "sgd", ["--strategy", "pipeline-gpipe", "--workers", "2",
                         "--partition", "time"]),                      # naive split: M = 1
     ("simple", "sgd", ["--strategy", "dp-pp", "--workers", "4", "--stages", "2",
