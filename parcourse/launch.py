@@ -247,7 +247,7 @@ def _collect(processes: list, receivers: list, timeout: float) -> list:
         remaining = deadline - time.monotonic()
         failures = _poll(processes, receivers, results, progress, max(0.0, remaining))
         if failures is None:
-            raise WorkerTimeout(_timeout_message(world_size, results, progress, timeout))
+            raise WorkerTimeout(describe_timeout(world_size, results, progress, timeout))
         if failures:
             settle = time.monotonic() + SETTLE_SECONDS
             while len(results) + len(failures) < world_size and time.monotonic() < settle:
@@ -294,7 +294,11 @@ def _poll(processes, receivers, results, progress, wait: float, skip=()) -> list
     return failures
 
 
-def _timeout_message(world_size: int, results: dict, progress: dict, timeout: float) -> str:
+def describe_timeout(world_size: int, results: dict, progress: dict, timeout: float) -> str:
+    """Why a run timed out: which ranks never started (still importing torch), which
+    waited for them in the rendezvous, or, when all had joined, a hang in a collective.
+    ``results`` holds the finished ranks, ``progress`` maps a rank to "started" or
+    "joined"."""
     pending = [r for r in range(world_size) if r not in results]
     unstarted = [r for r in pending if r not in progress]
     waiting = [r for r in pending if progress.get(r) == "started"]
@@ -317,11 +321,13 @@ def _timeout_message(world_size: int, results: dict, progress: dict, timeout: fl
 
 
 def _ranks(ranks: list[int]) -> str:
-    """``[0, 1, 2, 5]`` is "ranks 0–2, 5"; ``[3]`` is "rank 3"."""
+    """``[0, 1, 2, 5]`` is "ranks 0–2, 5"; ``[0, 1]`` is "ranks 0, 1"; ``[3]`` "rank 3"."""
     runs, start = [], ranks[0]
     for previous, current in zip(ranks, ranks[1:] + [None]):
-        if current != previous + 1 if current is not None else True:
-            runs.append(str(start) if start == previous else f"{start}–{previous}")
+        if current is None or current != previous + 1:
+            runs.append(str(start) if start == previous else
+                        f"{start}, {previous}" if previous == start + 1 else
+                        f"{start}–{previous}")
             start = current
     return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(runs)}"
 

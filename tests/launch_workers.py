@@ -36,3 +36,12 @@ def make_a_semaphore(rank, world_size):
     lock = multiprocessing.get_context("spawn").Lock()  # registered with the resource tracker
     globals()["kept_alive_until_exit"] = lock
     return rank
+
+
+def diverge_at_step_three(rank, world_size):
+    """Every rank sees a NaN loss at step 3 (rank 0 a little later than the others)."""
+    from parcourse.errors import TrainingDiverged
+
+    if rank == 0:
+        time.sleep(0.3)
+    raise TrainingDiverged(float("nan"), 3, 10, rank, 0.1)

@@ -207,3 +207,55 @@ def test_function_from_an_interactive_session_gets_advice(monkeypatch):
 def test_lambda_is_refused_with_advice():
     with pytest.raises(TypeError, match="must be picklable"):
         launch.run(lambda rank, world_size: rank, 2, verbose=False)
+
+
+def test_workers_that_never_started_are_told_from_a_hang():
+    """0.2 s is less than a fresh Python needs to import torch: no worker even starts."""
+    start = time.monotonic()
+    with pytest.raises(launch.WorkerTimeout) as info:
+        launch.run(w.rank_sum, 2, timeout=0.2, verbose=False)
+    assert time.monotonic() - start < 15
+    assert str(info.value) == (
+        "the 2 workers did not all join within 0.2 s and were stopped: ranks 0, 1 had not "
+        "started (a worker is a fresh Python that imports torch). This machine has "
+        f"{launch._count(launch.available_cores(), 'core')}: start fewer workers, or pass a "
+        "larger timeout (--timeout on the command line)")
+
+
+def test_a_timeout_names_who_waited_for_whom():
+    cores = launch._count(launch.available_cores(), "core")
+    progress = {0: "started", 1: "started", 2: "joined"}  # rank 3: never started
+    assert launch.describe_timeout(64, {}, {r: "started" for r in range(40)}, 120) == (
+        "the 64 workers did not all join within 120 s and were stopped: ranks 40–63 had not "
+        "started (a worker is a fresh Python that imports torch); ranks 0–39 were waiting for "
+        f"them to join. This machine has {cores}: start fewer workers, or pass a larger "
+        "timeout (--timeout on the command line)")
+    assert launch.describe_timeout(4, {}, progress, 5).endswith(
+        "rank 3 had not started (a worker is a fresh Python that imports torch); ranks 0, 1 "
+        f"were waiting for them to join. This machine has {cores}: start fewer workers, or "
+        "pass a larger timeout (--timeout on the command line)")
+    assert launch.describe_timeout(3, {2: None}, {0: "joined", 1: "joined"}, 9) == (
+        "worker ranks 0, 1 of 3 did not finish within 9 s and were stopped; a worker is "
+        "probably waiting in a collective that another worker never joined. If the work is "
+        "only slow, pass a larger timeout (--timeout on the command line)")
+
+
+def test_more_workers_than_memory_get_a_warning_before_they_start():
+    gib = 1 << 30
+    assert launch.memory_warning(4, available=64 * gib) is None
+    assert launch.memory_warning(64, available=8 * gib) == (
+        "64 workers need about 25.0 GiB (each is a Python process with torch, about 400 MiB) "
+        "but this machine has 8.0 GiB available: expect workers to be killed for lack of "
+        "memory; use at most 20 workers")
+    assert launch.memory_warning(1, available=None) is None  # not Linux: nothing to say
+
+
+def test_a_diverged_worker_is_reported_by_the_lowest_rank_as_one_line():
+    from parcourse.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged) as info:
+        launch.run(w.diverge_at_step_three, 3, timeout=60, verbose=False)
+    assert str(info.value) == ("the loss became nan at step 3 of 10 (rank 0): training "
+                               "diverged, so it was stopped; lower --lr (it is 0.1) and start "
+                               "again")
+    assert (info.value.rank, info.value.step) == (0, 3)
