@@ -51,7 +51,7 @@ browser:
 	  || echo "note: no Chinese font: screenshots show boxes for the Chinese titles"
 
 # On a CUDA machine: `python -m parcourse bench kernels` (72 s on an H100), pipeline memory,
-# the GPU tests, every notebook (nbmake), and one JSON report in book/data/gpu/
+# the GPU tests, every notebook (nbmake), and one JSON report in parcourse/measurements/gpu/
 # (see parcourse/kernels/gpu_check.py).
 # Without an NVIDIA GPU it stops at once, before building anything. Where $(PYTHON) already
 # has a CUDA torch, Triton and nbmake (Colab, Kaggle: `pip install nbmake` first), it runs

@@ -1,7 +1,8 @@
-"""Every GPU report stored in book/data/gpu/ (written by make gpu-check on a GPU) is checked
-here, on CPU: its figures agree with its times, its targets with its figures, its sweep
-is complete and was checked against torch, and its pipeline-memory figures satisfy the
-assertions of their GPU test (tests/test_pipeline_memory.py)."""
+"""Every GPU report stored in parcourse/measurements/gpu/ (package data, written by make
+gpu-check on a GPU) is checked here, on CPU: its figures agree with its times, its targets
+with its figures, its sweep is complete and was checked against torch, and its
+pipeline-memory figures satisfy the assertions of their GPU test
+(tests/test_pipeline_memory.py)."""
 
 import pytest
 
@@ -13,7 +14,7 @@ CONTEXT = ("device", "compute_capability", "driver", "cuda", "torch", "triton", 
 
 
 def test_the_first_gpu_run_is_stored():
-    assert [r["file"] for r in REPORTS if "H100" in r["device"]], "book/data/gpu/ holds no H100 report"
+    assert [r["file"] for r in REPORTS if "H100" in r["device"]], "parcourse/measurements/gpu/ holds no H100 report"
 
 
 @pytest.mark.parametrize("report", REPORTS, ids=lambda r: r["file"])

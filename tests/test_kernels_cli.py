@@ -1,5 +1,5 @@
-"""python -m parcourse bench kernels (CPU path, end to end) and make gpu-check's refusal
-on a machine without a GPU."""
+"""python -m parcourse bench kernels (CPU path, end to end), make gpu-check's refusal
+on a machine without a GPU, and where gpu_check finds the checkout and writes its report."""
 
 import json
 import re
@@ -93,6 +93,19 @@ def test_gpu_check_names_every_test_file_with_gpu_tests():
     marked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
                     if gpu_marker.search(p.read_text()))
     assert sorted(gpu_check.GPU_TESTS) == marked
+
+
+def test_gpu_check_finds_this_checkout_and_writes_where_chapter_5_reads(tmp_path, capsys):
+    from parcourse.kernels import devices
+
+    assert gpu_check.find_checkout() == ROOT
+    folder, note = gpu_check.destination(ROOT)
+    assert folder.resolve() == Path(devices.REPORTS).resolve() and note is None
+    assert gpu_check.destination(ROOT, tmp_path) == (tmp_path, None)
+    assert gpu_check.find_checkout(tmp_path) is None  # no tests/ and _toc.yml
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--repo", str(tmp_path)])
+    assert f"--repo {tmp_path}: not a checkout of the repository" in capsys.readouterr().err
 
 
 def test_gpu_check_keeps_the_outcomes_of_a_pytest_run_stopped_at_its_limit(tmp_path):

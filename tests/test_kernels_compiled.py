@@ -9,7 +9,8 @@ of the hardware and of the kernel's arithmetic, not against stored numbers: a T4
 ones on the tensor cores; a 256 × 256 float32 accumulator over 8 warps needs 256
 registers per thread, one more than a thread may have, so it spills, and a 128 × 128 one
 (64 per thread) need not; sizes that are not multiples of 16 forbid wide loads. The same
-claims are checked on every survey stored in ``book/data/compiled/`` (other Tritons).
+claims are checked on every survey stored in ``parcourse/measurements/compiled/`` (other
+Tritons).
 """
 
 from types import SimpleNamespace
@@ -209,7 +210,7 @@ def built(request):
 
 
 def test_a_stored_survey_is_complete_and_says_what_compiled_it():
-    assert SOURCES[1:], "book/data/compiled/ holds the survey of the H100 run's Triton"
+    assert SOURCES[1:], "parcourse/measurements/compiled/ holds the survey of the H100 run's Triton"
     for stored in compiled.stored_surveys():
         assert stored["file"] == f"triton-{stored['triton']}.json"
         assert stored["toolchain"].startswith(f"Triton {stored['triton']} (ptxas ")

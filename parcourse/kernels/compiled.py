@@ -55,11 +55,16 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import _triton
+from .devices import MEASUREMENTS, stored_reports
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-SURVEYS = PACKAGE_ROOT / "book" / "data" / "compiled"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder parcourse is imported from
+SURVEYS = MEASUREMENTS / "compiled"  # package data: surveys compiled by other Tritons
 TARGETS = {75: "T4 (Turing)", 80: "A100 (Ampere)", 90: "H100 (Hopper)"}
 REGISTERS_PER_SM = 65536
 MAX_REGISTERS_PER_THREAD = 255
@@ -392,19 +397,18 @@ def survey_record(built: dict[str, Compiled]) -> dict:
             "rows": {label: dataclasses.asdict(c) for label, c in built.items()}}
 
 
-def stored_surveys(folder: Path | str = SURVEYS) -> list[dict]:
+def stored_surveys(folder: Path | str | Traversable = SURVEYS) -> list[dict]:
     """Every stored survey (``python -m parcourse.kernels.compiled --json FILE`` under
-    another Triton), sorted by file name, rows as :class:`Compiled`, ``file`` added."""
-    from .devices import stored_reports  # the same reading of a folder of JSON records
-
+    another Triton) in ``folder`` (a path, or package data such as :data:`SURVEYS`), sorted
+    by file name, rows as :class:`Compiled`, ``file`` added (read as GPU reports are)."""
     return [{**record, "rows": {label: Compiled(**fields) for label, fields in record["rows"].items()}}
             for record in stored_reports(folder)]
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m parcourse.kernels.compiled [--json FILE]``: the chapter's table, compiled
-    by this machine's Triton; ``--json`` also stores it (``book/data/compiled/`` holds the
-    ones the chapter shows beside its own)."""
+    by this machine's Triton; ``--json`` also stores it (the chapter shows, beside its own,
+    the surveys in ``parcourse/measurements/compiled/`` of a checkout: :data:`SURVEYS`)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m parcourse.kernels.compiled", description=main.__doc__)

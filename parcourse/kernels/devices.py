@@ -14,17 +14,25 @@ Peaks are NVIDIA's own figures, dense (without structured sparsity):
   pull request #5066), so a Triton matmul on a T4 is bound by the 8.1 TFLOPS, not the 65.
   :mod:`parcourse.kernels.compiled` shows it in the machine code: ``FFMA``, no ``HMMA``.
 
-A GPU report is the JSON file that ``make gpu-check`` writes to ``book/data/gpu/``;
-:func:`stored_reports` reads them all.
+A GPU report is the JSON file that ``make gpu-check`` writes to ``parcourse/measurements/gpu/``
+of a checkout; the reports stored there are package data (:data:`REPORTS`, read with
+:mod:`importlib.resources`), so chapter 5 renders them from a ``pip install`` of the
+repository too. :func:`stored_reports` reads them all.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-REPORTS = Path(__file__).resolve().parents[2] / "book" / "data" / "gpu"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+MEASUREMENTS = resources.files("parcourse") / "measurements"  # package data: stored runs
+REPORTS = MEASUREMENTS / "gpu"
 
 
 @dataclass(frozen=True)
@@ -57,15 +65,13 @@ def datasheet_for(device_name: str) -> Datasheet | None:
     return None
 
 
-def stored_reports(folder: Path | str = REPORTS) -> list[dict]:
-    """Every GPU report in ``folder`` (sorted by file name), each with its ``file`` added."""
-    folder = Path(folder)
-    reports = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        report = json.loads(path.read_text())
-        report["file"] = path.name
-        reports.append(report)
-    return reports
+def stored_reports(folder: Path | str | Traversable = REPORTS) -> list[dict]:
+    """Every GPU report in ``folder`` (a path, or package data such as :data:`REPORTS`),
+    sorted by file name, each with its ``file`` added."""
+    folder = Path(folder) if isinstance(folder, str) else folder
+    files = [f for f in folder.iterdir() if f.name.endswith(".json")] if folder.is_dir() else []
+    return [{**json.loads(f.read_text(encoding="utf-8")), "file": f.name}
+            for f in sorted(files, key=lambda f: f.name)]
 
 
 def step_summary(outcome: dict) -> str:

@@ -7,16 +7,24 @@ short still leaves what it measured):
    and the block-size sweep;
 2. :func:`parcourse.pipeline_memory.measure`: each pipeline stage's activation memory
    under GPipe and 1F1B, in bytes;
-3. ``pytest -m gpu tests``: the tests that compile the kernels for the GPU;
+3. ``pytest -m gpu`` over the test files of :data:`GPU_TESTS`: the tests that compile
+   the kernels for the GPU;
 4. every notebook under ``book/`` with nbmake, as a Colab reader runs them, each with a
    time limit (``--nbmake-timeout``); several at once with pytest-xdist, where it is
    installed and the machine has the cores for it.
 
-It writes ONE JSON report, ``book/data/gpu/<device>-<date>.json`` (and, beside it, the
-whole output of the two pytest steps in ``.gpu-tests.log`` and ``.notebooks.log`` files): device, driver, CUDA,
-torch and Triton versions, date, every figure, and pass/fail of each step and target.
-The book's chapter 5 page renders every report stored there. On a machine without a CUDA
-GPU it stops at once with :data:`NO_GPU` (exit code 2).
+Steps 3 and 4 run the repository's tests and notebooks, so they need a checkout of it
+(``--repo DIR``, by default the checkout this package sits in: :func:`find_checkout`).
+Where parcourse is installed with ``pip`` and there is no checkout, it says so in one line
+and runs steps 1 and 2 only.
+
+It writes ONE JSON report, ``<device>-<date>.json`` (and, beside it, the whole output of
+the two pytest steps in ``.gpu-tests.log`` and ``.notebooks.log`` files): device, driver,
+CUDA, torch and Triton versions, date, every figure, and pass/fail of each step and
+target. By default it goes to ``parcourse/measurements/gpu/`` of the checkout, the package
+data that chapter 5 renders (:data:`parcourse.kernels.devices.REPORTS`); without a
+checkout, to the current folder, and it says so. On a machine without a CUDA GPU it stops
+at once with :data:`NO_GPU` (exit code 2).
 """
 
 from __future__ import annotations
@@ -36,9 +44,10 @@ from pathlib import Path
 import torch
 
 from .. import pipeline_memory
-from . import _triton, devices
+from . import _triton
 
-ROOT = Path(__file__).resolve().parents[2]
+IMPORTED_FROM = Path(__file__).resolve().parents[2]  # the folder holding this parcourse
+CHECKOUT_REPORTS = Path("parcourse", "measurements", "gpu")  # in a checkout: devices.REPORTS
 NO_GPU = ("make gpu-check: no CUDA GPU visible to torch on this machine, so there is nothing "
           "to check: it compiles the Triton kernels for a GPU, runs the GPU tests, the notebooks "
           "and `python -m parcourse bench kernels`. Run it on a machine with an NVIDIA GPU and a "
@@ -51,6 +60,27 @@ GPU_TESTS = ("tests/test_kernels_gpu.py", "tests/test_pipeline_memory.py")
 OUTCOMES = "PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS"
 OUTCOME_FIRST = re.compile(rf"\b({OUTCOMES}) (\S+::\S+)")  # pytest -v under xdist
 OUTCOME_LAST = re.compile(rf"^(\S+::\S+) ({OUTCOMES})\b")  # pytest -v alone
+
+
+def find_checkout(folder: Path | str | None = None) -> Path | None:
+    """The checkout of the repository at ``folder`` (by default the folder this package
+    is imported from), recognised by its ``tests/`` and ``_toc.yml``; None where there is
+    none, as for a ``pip install`` of parcourse."""
+    root = Path(folder) if folder is not None else IMPORTED_FROM
+    return root.resolve() if (root / "tests").is_dir() and (root / "_toc.yml").is_file() else None
+
+
+def destination(repo: Path | None, out: Path | str | None = None) -> tuple[Path, str | None]:
+    """``(folder, note)``: where the report goes, and the line to print when there is no
+    checkout (``repo`` None): steps 3 and 4 do not run, and the report is written to
+    ``out`` or, by default, the current folder rather than into the installed package."""
+    if repo is not None:
+        return (Path(out) if out else repo / CHECKOUT_REPORTS), None
+    folder = Path(out) if out else Path.cwd()
+    return folder, (f"gpu_check: parcourse is imported from {IMPORTED_FROM}, not from a checkout of "
+                    f"the repository (no tests/ and _toc.yml there), so the GPU tests and the "
+                    f"notebooks do not run (--repo DIR runs them from a clone); the report goes "
+                    f"to {folder.resolve()}")
 
 
 def notebook_workers(notebooks: int) -> int:
@@ -97,14 +127,14 @@ def slug(device_name: str, date: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") + "-" + date[:10]
 
 
-def _pytest(args: list[str], timeout: float, log: Path) -> dict:
-    """Run ``pytest -v`` with ``args``; return each test's outcome and the end of its
-    output. The whole output goes to ``log``."""
+def _pytest(args: list[str], timeout: float, log: Path, cwd: Path | None = None) -> dict:
+    """Run ``pytest -v`` with ``args`` in ``cwd`` (the checkout); return each test's
+    outcome and the end of its output. The whole output goes to ``log``."""
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                                "-o", "addopts=", "-v", *args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                              cwd=cwd, capture_output=True, text=True, timeout=timeout)
         output = done.stdout + done.stderr
         returncode, tail = done.returncode, output[-3000:]
     except subprocess.TimeoutExpired as stopped:  # its output is bytes, even with text=True
@@ -118,23 +148,33 @@ def _pytest(args: list[str], timeout: float, log: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parcourse.kernels.gpu_check",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", metavar="FOLDER", default=str(devices.REPORTS),
-                        help="where the report goes (default: book/data/gpu)")
+    parser.add_argument("--repo", metavar="DIR", type=Path,
+                        help="the checkout whose GPU tests and notebooks run (default: the one "
+                             "this package sits in; without one, steps 3 and 4 do not run)")
+    parser.add_argument("--out", metavar="FOLDER",
+                        help=f"where the report goes (default: {CHECKOUT_REPORTS} of the checkout, "
+                             "which chapter 5 renders; without a checkout, the current folder)")
     parser.add_argument("--skip-notebooks", action="store_true", help="skip step 4")
     parser.add_argument("--notebook-timeout", type=int, default=NOTEBOOK_TIMEOUT, metavar="SECONDS",
                         help=f"time limit of each notebook cell (default {NOTEBOOK_TIMEOUT})")
     parser.add_argument("--notebook-workers", type=int, metavar="N",
                         help="notebooks run at once (default: one per 4 cores with pytest-xdist)")
     args = parser.parse_args(argv)
+    repo = find_checkout(args.repo)
+    if args.repo is not None and repo is None:
+        parser.error(f"--repo {args.repo}: not a checkout of the repository (no tests/ and _toc.yml)")
     if not torch.cuda.is_available() or _triton.DEVICE != "cuda":
         print(NO_GPU, file=sys.stderr)
         return 2
+    folder, note = destination(repo, args.out)
+    if note:
+        print(note)
     _triton.require()
     import triton
 
     name = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    path = Path(args.out) / f"{slug(name, date)}.json"
+    path = folder / f"{slug(name, date)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     cc = torch.cuda.get_device_capability()
     report = {"device": name, "compute_capability": f"{cc[0]}.{cc[1]}", "driver": driver_version(),
@@ -147,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         figures = Path(tmp) / "bench.json"
         start = time.perf_counter()
-        try:  # its table goes straight to this terminal
-            returncode = subprocess.run([sys.executable, "-m", "parcourse", "bench", "kernels",
-                                         "--json", str(figures)], cwd=ROOT, timeout=600).returncode
+        try:  # its table goes straight to this terminal; started in IMPORTED_FROM, the
+            # child imports this same parcourse
+            returncode = subprocess.run([sys.executable, "-m", "parcourse", "bench", "kernels", "--json",
+                                         str(figures)], cwd=IMPORTED_FROM, timeout=600).returncode
         except subprocess.TimeoutExpired:
             returncode = None
         report["steps"]["bench"] = {"passed": returncode == 0, "returncode": returncode,
@@ -166,17 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         report["steps"]["pipeline memory"] = {"passed": False, "error": f"{type(err).__name__}: {err}"}
     report["steps"]["pipeline memory"]["seconds"] = time.perf_counter() - start
     save()
-    report["steps"]["gpu tests"] = _pytest(["-m", "gpu", *GPU_TESTS], timeout=300,
-                                           log=path.with_suffix(".gpu-tests.log"))
-    save()
-    if not args.skip_notebooks:
-        notebooks = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "book").glob("**/*.ipynb"))
+    if repo is not None:
+        report["steps"]["gpu tests"] = _pytest(["-m", "gpu", *GPU_TESTS], timeout=300,
+                                               log=path.with_suffix(".gpu-tests.log"), cwd=repo)
+        save()
+    if repo is not None and not args.skip_notebooks:
+        notebooks = sorted(str(p.relative_to(repo)) for p in (repo / "book").glob("**/*.ipynb"))
         workers = args.notebook_workers or notebook_workers(len(notebooks))
         parallel = ["-n", str(workers)] if workers > 1 else []
         report["steps"]["notebooks"] = _pytest(
             ["--nbmake", f"--nbmake-timeout={args.notebook_timeout}", *parallel, *notebooks],
-            timeout=NOTEBOOK_STEP_LIMIT,
-            log=path.with_suffix(".notebooks.log"))
+            timeout=NOTEBOOK_STEP_LIMIT, log=path.with_suffix(".notebooks.log"), cwd=repo)
         report["steps"]["notebooks"]["workers"] = workers
         save()
     for step, outcome in report["steps"].items():
