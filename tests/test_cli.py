@@ -255,3 +255,48 @@ def test_a_hung_worker_is_stopped_at_the_timeout_and_reported(tmp_path):
                      r"not finish within 20 s and (was|were) stopped", stderr), stderr[-2000:]
     assert not any(psutil.pid_exists(p.pid) and p.status() != psutil.STATUS_ZOMBIE
                    for p in workers)
+
+
+FAILED = "python -m parcourse train: failed: "
+
+
+@pytest.mark.parametrize("args, rank", [
+    (["--strategy", "single"], 0),
+    (["--strategy", "ddp", "--workers", "2"], 0),
+    (["--strategy", "dp-bucketed", "--workers", "3", "--batch-size", "63"], 0),
+    (["--strategy", "horovod", "--workers", "2"], 0),
+    (["--strategy", "tensor", "--workers", "2"], 0),
+    (["--strategy", "pipeline-1f1b", "--workers", "2", "--microbatches", "2"], 1),  # the last
+])                                                                # stage computes the loss
+def test_a_diverging_run_stops_at_its_first_non_finite_loss(args, rank):
+    if "horovod" in args:
+        pytest.importorskip("horovod.torch", reason="Horovod is not installed")
+    done = parcourse("train", "--lr", "1e9", "--steps", "50", "--quiet", *args)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == (f"{FAILED}the loss became nan at step 3 of 50 (rank {rank}): "
+                           f"training diverged, so it was stopped; lower --lr (it is 1e+09) "
+                           f"and start again\n")
+
+
+def test_a_timeout_too_short_to_start_a_worker_is_one_line():
+    done = parcourse("train", "--strategy", "ddp", "--workers", "2", "--timeout", "0.001",
+                     "--quiet")
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"{FAILED}the 2 workers did not all join within 0.001 s "
+                                  f"and were stopped: ranks 0, 1 had not started")
+    assert done.stderr.count("\n") == 1
+
+
+def test_mnist_without_a_network_is_one_line_before_any_worker_starts(tmp_path):
+    offline = {**os.environ, "PARCOURSE_DATA": str(tmp_path), "https_proxy": "http://127.0.0.1:9",
+               "http_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+    done = parcourse("train", "--dataset", "mnist", "--strategy", "ddp", "--workers", "2",
+                     env=offline)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"{ERR}MNIST could not be downloaded from "
+                                  "https://ossci-datasets.s3.amazonaws.com/mnist/ (")
+    assert done.stderr.endswith(": use --dataset digits, which ships with scikit-learn and "
+                                f"needs no network, or put the four MNIST .gz files in "
+                                f"{tmp_path / 'mnist'}\n")
+    assert done.stderr.count("\n") == 1 and "parcourse.launch" not in done.stdout
