@@ -193,6 +193,7 @@ def test_torchrun_restarts_a_killed_worker_from_the_checkpoint(tmp_path, strateg
         torchrun.kill()
     assert torchrun.returncode == 0, stderr[-3000:]
     assert "failed (exitcode: -9)" in stderr  # a worker died, and yet the job succeeded
-    restarted, uninterrupted = torch.load(out), torch.load(reference)
+    restarted = torch.load(out, weights_only=True)
+    uninterrupted = torch.load(reference, weights_only=True)
     for key, value in uninterrupted.items():
         torch.testing.assert_close(restarted[key], value, rtol=1e-5, atol=1e-6, msg=key)

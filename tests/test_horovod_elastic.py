@@ -51,6 +51,7 @@ def test_a_killed_worker_leaves_the_survivor_to_finish_the_same_run(tmp_path):
     assert ("horovod-elastic: the workers changed, now 1; continuing from the last commit, "
             "step 20") in done.stdout + done.stderr
     assert "horovod-elastic on 1 worker: final loss" in done.stdout  # the one left
-    survivor, uninterrupted = torch.load(out), torch.load(reference)
+    survivor = torch.load(out, weights_only=True)
+    uninterrupted = torch.load(reference, weights_only=True)
     for key, value in uninterrupted.items():
         torch.testing.assert_close(survivor[key], value, rtol=1e-5, atol=1e-6, msg=key)
