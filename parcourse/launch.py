@@ -27,6 +27,9 @@ signal is named, and workers still running after ``timeout`` seconds are stopped
 
 Spawned workers import ``fn`` afresh, so it must live in an importable module (the
 ``parcourse`` package or a ``.py`` file), not in a notebook cell.
+
+Spawned workers are reachable from this machine only: their rendezvous store and their
+gloo or NCCL sockets listen on the loopback interface (:mod:`parcourse.loopback`).
 """
 
 from __future__ import annotations
@@ -46,8 +49,10 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from . import loopback
+
 BACKENDS = ("auto", "gloo", "nccl")
-_HOST = "127.0.0.1"
+_HOST = loopback.HOST
 _device = torch.device("cpu")
 
 
@@ -161,8 +166,7 @@ def _check_importable(fn: Callable, args: tuple) -> None:
 
 
 def _spawn(fn: Callable, world_size: int, args: tuple, backend: str, timeout: float) -> list:
-    store = dist.TCPStore(_HOST, 0, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=timeout))
+    store = loopback.store(timeout)
     context = get_context("spawn")
     threads = threads_per_worker(world_size)
     processes, receivers, finished = [], [], False
@@ -291,6 +295,7 @@ def _worker_main(fn, args, rank, world_size, backend, port, timeout, threads, se
         if backend == "nccl":
             torch.cuda.set_device(rank)
             _device = torch.device("cuda", rank)
+        os.environ.update(loopback.settings(os.environ))
         store = dist.TCPStore(_HOST, port, is_master=False, timeout=timedelta(seconds=timeout))
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout))
