@@ -34,7 +34,15 @@ from .models import build_model
 
 FORMAT = 1
 _HOLDS = "a checkpoint holds only tensors, dicts, lists, numbers and strings"
-_OPTIONS = (str, int, float, bool, type(None))
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain(value) -> bool:
+    """A training option's value: a string, number, boolean or None, or a list of them."""
+    return isinstance(value, _PLAIN) or (isinstance(value, (list, tuple))
+                                         and all(_plain(v) for v in value))
+
+
 _ENTRIES = {  # what save() writes: entry -> (test, what it must be)
     "model": (lambda v: isinstance(v, dict) and all(
         isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
@@ -44,7 +52,7 @@ _ENTRIES = {  # what save() writes: entry -> (test, what it must be)
     "losses": (lambda v: isinstance(v, list) and all(type(x) in (int, float) for x in v),
                "a list of numbers"),
     "config": (lambda v: isinstance(v, dict) and all(
-        isinstance(k, str) and isinstance(x, _OPTIONS) for k, x in v.items()),
+        isinstance(k, str) and _plain(x) for k, x in v.items()),
         "a dict of training options (strings, numbers, booleans)"),
     "torch_rng": (lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8
                   and v.shape == torch.get_rng_state().shape, "torch's RNG state"),
