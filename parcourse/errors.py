@@ -10,6 +10,11 @@ class MissingDependencyError(ImportError):
     install it or what to use instead."""
 
 
+class CheckpointError(ConfigError):
+    """A file given as a checkpoint is not one parcourse can resume from (chapter 5); the
+    message names the file and what is wrong with it. Nothing in the file was run."""
+
+
 class DataUnavailableError(ConfigError):
     """A data set cannot be loaded (no network for a download, a missing file); the
     message says where it looked and what to use instead."""

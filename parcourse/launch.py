@@ -27,6 +27,9 @@ signal is named, and workers still running after ``timeout`` seconds are stopped
 
 Spawned workers import ``fn`` afresh, so it must live in an importable module (the
 ``parcourse`` package or a ``.py`` file), not in a notebook cell.
+
+Spawned workers are reachable from this machine only: their rendezvous store and their
+gloo or NCCL sockets listen on the loopback interface (:mod:`parcourse.loopback`).
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from . import loopback
 from .errors import ConfigError, MissingDependencyError, TrainingDiverged
 
 BACKENDS = ("auto", "gloo", "nccl")
-_HOST = "127.0.0.1"
+_HOST = loopback.HOST
 _device = torch.device("cpu")
 # Errors whose message is complete for the user: re-raised in the caller as they are,
 # without the worker's traceback.
@@ -204,8 +208,7 @@ def memory_warning(world_size: int, available: int | None = None) -> str | None:
 
 
 def _spawn(fn: Callable, world_size: int, args: tuple, backend: str, timeout: float) -> list:
-    store = dist.TCPStore(_HOST, 0, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=timeout + LATER_SECONDS))
+    store = loopback.store(timeout + LATER_SECONDS)
     context = get_context("spawn")
     threads = threads_per_worker(world_size)
     processes, receivers, finished = [], [], False
@@ -405,6 +408,7 @@ def _worker_main(fn, args, rank, world_size, backend, port, timeout, threads, se
         if backend == "nccl":
             torch.cuda.set_device(rank)
             _device = torch.device("cuda", rank)
+        os.environ.update(loopback.settings(os.environ))
         later = timedelta(seconds=timeout + LATER_SECONDS)
         store = dist.TCPStore(_HOST, port, is_master=False, timeout=later)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,

@@ -199,7 +199,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Validate ``config`` and train with its strategy."""
     validate(config)
     if _resumable(config):
-        problem = checkpoint.compatible(torch.load(config.checkpoint, weights_only=False),
+        problem = checkpoint.compatible(checkpoint.read(config.checkpoint),
                                         asdict(config))
         if problem:
             raise ConfigError(f"--resume cannot continue from {config.checkpoint}: {problem}")
