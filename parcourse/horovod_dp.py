@@ -39,6 +39,7 @@ import os
 
 import torch
 
+from . import loopback
 from .errors import MissingDependencyError, TrainingDiverged
 
 
@@ -111,11 +112,7 @@ def train_horovod(config, fp16: bool = False):
     require_horovod()
     if under_horovodrun():
         return horovod_worker(config, fp16)
-    import horovod
-
-    results = horovod.run(horovod_worker, args=(config, fp16), num_proc=config.workers,
-                          hosts=f"localhost:{config.workers}", use_gloo=True,
-                          verbose=0)
+    results = loopback.horovod_run(horovod_worker, (config, fp16), config.workers)
     diverged = [r for r in results if isinstance(r, TrainingDiverged)]
     if diverged:
         raise diverged[0]

@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from . import loopback
+
 
 
 def first_update_ratio(betas: tuple[float, float] = (0.9, 0.999), lr: float = 1e-3,
@@ -108,8 +110,5 @@ def measure_broadcast_pitfall(config) -> dict:
     from .horovod_dp import require_horovod
 
     require_horovod()
-    import horovod
-
-    results = horovod.run(broadcast_pitfall_worker, args=(config,), num_proc=config.workers,
-                          hosts=f"localhost:{config.workers}", use_gloo=True, verbose=0)
+    results = loopback.horovod_run(broadcast_pitfall_worker, (config,), config.workers)
     return results[0]

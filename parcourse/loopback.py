@@ -63,3 +63,35 @@ def settings(environ) -> dict[str, str]:
     """The variables that keep gloo's and NCCL's sockets on the loopback interface, less
     those ``environ`` sets already (the user's choice applies)."""
     return {name: interface() for name in VARIABLES if name not in environ}
+
+
+def horovod_run(fn, args: tuple, workers: int):
+    """``horovod.run(fn, args)`` on ``workers`` local processes over Gloo, with every
+    socket it opens on the loopback interface.
+
+    ``horovod.run`` (Horovod 0.28.1, its last release) starts HTTP servers in this
+    process — the rendezvous, and a key-value store from which this process unpickles
+    the workers' results — and binds each to every interface (``find_port`` binds
+    ``('', port)``), unauthenticated. On one machine nothing needs them from outside:
+    for the duration of the call, ``find_port`` binds 127.0.0.1 instead, and the
+    workers' Gloo uses the loopback interface.
+    """
+    import horovod
+    from horovod.runner.common.util import network as common_network
+    from horovod.runner.http import http_server
+    from horovod.runner.util import network
+
+    original = network.find_port
+
+    def find_local_port(server_factory):
+        return original(lambda address: server_factory((HOST, address[1])))
+
+    modules = (network, common_network, http_server)
+    for module in modules:
+        module.find_port = find_local_port
+    try:
+        return horovod.run(fn, args=args, num_proc=workers, hosts=f"localhost:{workers}",
+                           use_gloo=True, verbose=0, network_interfaces=[interface()])
+    finally:
+        for module in modules:
+            module.find_port = original

@@ -331,3 +331,13 @@ def test_a_file_with_the_pinned_hash_passes(tmp_path):
                            hashlib.sha256(b"the release").hexdigest()],
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_horovod_run_listens_on_loopback_only(monkeypatch):
+    """horovod.run's own HTTP servers (rendezvous, results) and its workers' Gloo."""
+    pytest.importorskip("horovod.torch", reason="Horovod is not installed")
+    here = str(Path(__file__).parent)  # the workers import security_workers from here
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    found = loopback.horovod_run(w.horovod_listening_sockets, (os.getpid(),), 2)[0]
+    assert {pid for pid, _, _ in found} >= {os.getpid()}  # the HTTP servers are here
+    assert [s for s in found if not _is_loopback(s[1])] == []
