@@ -17,8 +17,9 @@ from dataclasses import fields, replace
 
 from . import launch
 from .errors import ConfigError, MissingDependencyError, TrainingDiverged
-from .train import DATASETS, DTYPES, OPTIMIZERS, STRATEGIES, TrainConfig, train, validate
 from .models import MODELS
+from .training import DATASETS, DTYPES, OPTIMIZERS, REGISTRY, TrainConfig, train, validate
+from .training.registry import option_help
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "global batch: K workers get --batch-size / K samples each per step, so "
                     "every strategy computes the same thing as --strategy single.")
     t.add_argument("--strategy", default=defaults.strategy, metavar="NAME",
-                   help=f"how to parallelise: {', '.join(STRATEGIES)} (default: %(default)s)")
+                   help=f"how to parallelise: {', '.join(REGISTRY)} (default: %(default)s)")
     t.add_argument("--model", default=defaults.model, metavar="NAME",
                    help=f"{', '.join(MODELS)} (default: %(default)s)")
     t.add_argument("--dataset", default=defaults.dataset, metavar="NAME",
@@ -79,25 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{', '.join(launch.BACKENDS)}: auto takes nccl with one GPU per "
                         f"worker, else gloo on CPU (default: %(default)s)")
     t.add_argument("--allreduce", default=defaults.allreduce, metavar="NAME",
-                   help="dp-manual, dp-bucketed: naive, ring, tree (parcourse.collectives) or "
-                        "native (the backend's own, gloo or NCCL) (default: %(default)s)")
+                   help=f"{option_help('allreduce')}: naive, ring, tree (parcourse.collectives) "
+                        f"or native (the backend's own, gloo or NCCL) (default: %(default)s)")
     t.add_argument("--bucket-kb", type=float, default=defaults.bucket_kb, metavar="KIB",
-                   help="dp-bucketed: gradient bucket size in KiB (default: %(default)s)")
+                   help=f"{option_help('bucket_kb')}: gradient bucket size in KiB "
+                        f"(default: %(default)s)")
     t.add_argument("--accumulation", type=int, default=defaults.accumulation, metavar="M",
-                   help="single: accumulate gradients over M micro-batches per step "
-                        "(default: %(default)s)")
+                   help=f"{option_help('accumulation')}: accumulate gradients over M "
+                        f"micro-batches per step (default: %(default)s)")
     t.add_argument("--stages", type=int, default=defaults.stages, metavar="P",
-                   help="pipeline-gpipe, pipeline-1f1b: one stage per worker (the default); "
-                        "dp-pp: stages per replica, --workers / P replicas (default: 2)")
+                   help=f"{option_help('stages')}: stages per pipeline (default: one per "
+                        f"worker; dp-pp: 2, with --workers / P replicas)")
     t.add_argument("--microbatches", type=int, default=defaults.microbatches, metavar="M",
-                   help="pipelines: micro-batches per step; 1 is the naive layer split "
-                        "(default: %(default)s)")
+                   help=f"{option_help('microbatches')}: micro-batches per step; 1 is the "
+                        f"naive layer split (default: %(default)s)")
     t.add_argument("--partition", default=defaults.partition, metavar="HOW",
-                   help="pipelines: where to cut the model: 'parameters' (balance parameter "
-                        "counts), 'time' (balance measured layer times) or cut points such "
-                        "as 3 or 2,5 (default: %(default)s)")
+                   help=f"{option_help('partition')}: where to cut the model: 'parameters' "
+                        f"(balance parameter counts), 'time' (balance measured layer times) "
+                        f"or cut points such as 3 or 2,5 (default: %(default)s)")
     t.add_argument("--fp16-allreduce", action="store_true",
-                   help="horovod: compress gradients to float16 on the wire")
+                   help=f"{option_help('fp16_allreduce')}: compress gradients to float16 on "
+                        f"the wire")
     t.add_argument("--timeout", type=float, default=defaults.timeout, metavar="SECONDS",
                    help="stop the workers if they have not finished by then (default: %(default)s)")
     t.add_argument("--save", metavar="FILE",
@@ -144,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from . import bench_allreduce, bench_pipeline, bench_training, env
+    from . import env
+    from .bench import allreduce as bench_allreduce
+    from .bench import pipeline as bench_pipeline
+    from .bench import training as bench_training
 
     print(f"# {env.describe()}")
     if args.what == "kernels":
@@ -202,9 +208,9 @@ def train_command(args: argparse.Namespace) -> int:
     workers = launched if args.workers is None else args.workers
     options = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     config = TrainConfig(**{**options, "workers": workers})
-    if config.strategy == "single" and launched > 1:
-        _fail(f"python -m parcourse train: error: --strategy single runs on one worker, but "
-              f"{launched} processes were started: use a parallel strategy")
+    if config.strategy in REGISTRY and not REGISTRY[config.strategy].parallel and launched > 1:
+        _fail(f"python -m parcourse train: error: --strategy {config.strategy} runs on one "
+              f"worker, but {launched} processes were started: use a parallel strategy")
     try:
         for option in ("save", "metrics"):
             _check_writable(getattr(args, option), f"--{option}")

@@ -7,7 +7,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from parcourse.launch_faults import hang_on_rank_zero, kill_rank_one, raise_on_rank_one  # noqa: F401
+from parcourse.chapters.launch_faults import hang_on_rank_zero, kill_rank_one, raise_on_rank_one  # noqa: F401
 
 
 def rank_sum(rank, world_size, offset=0):

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from parcourse import partition, pipeline, tensor_parallel
+from parcourse.model_parallel import partition, pipeline, tensor as tensor_parallel
 from parcourse.models import build_model
 
 BATCH, MICRO = 24, 4

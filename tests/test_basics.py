@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from parcourse import basics
+from parcourse.chapters import basics
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 10, 11])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from parcourse import checkpoint, compare
-from parcourse.train import TrainConfig, train
+from parcourse.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

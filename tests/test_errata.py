@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from parcourse import errata
+from parcourse.chapters import errata
 from parcourse.models import build_model
 
 

@@ -5,7 +5,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from parcourse import figures  # noqa: E402
+from parcourse.chapters import figures  # noqa: E402
 
 
 def test_concept_map_draws_every_node_and_edge_of_the_source_diagram():

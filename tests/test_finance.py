@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from parcourse import finance, launch
+from parcourse import launch
+from parcourse.chapters import finance
 
 
 @pytest.mark.parametrize("S0, K, r, sigma, T, expected, digits", [

@@ -6,7 +6,7 @@ pipeline-memory figures satisfy the assertions of their GPU test
 
 import pytest
 
-from parcourse import pipeline
+from parcourse.model_parallel import pipeline
 from parcourse.kernels import bench, devices, gpu_check, tiled_matmul, vecadd
 
 REPORTS = devices.stored_reports()

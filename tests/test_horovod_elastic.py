@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from parcourse import compare
-from parcourse.horovod_dp import horovod_available
+from parcourse.data_parallel.horovod import horovod_available
 
 ROOT = Path(__file__).resolve().parents[1]
 HOROVODRUN = Path(sys.executable).with_name("horovodrun")

@@ -9,9 +9,10 @@ more than 1 % (measured: about 15 %).
 import pytest
 import torch
 
-from parcourse import compare, horovod_pitfalls
-from parcourse.horovod_dp import horovod_available
-from parcourse.train import TrainConfig, train
+from parcourse import compare
+from parcourse.chapters import horovod_pitfalls
+from parcourse.data_parallel.horovod import horovod_available
+from parcourse.training import TrainConfig, train
 
 CONFIG = TrainConfig(strategy="horovod", workers=2, optimizer="adam", lr=0.002, steps=20,
                      batch_size=32, seed=3, quiet=True, dtype="float64")

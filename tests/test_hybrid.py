@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from parcourse import compare, hybrid
+from parcourse import compare
+from parcourse.chapters import hybrid
 
 
 @pytest.mark.parametrize("replicas, batch", [(1, 6), (2, 7)])  # 7: uneven shards

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from parcourse import memory
+from parcourse.chapters import memory
 from parcourse.models import build_model, count_parameters
 
 FP32 = 4

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from parcourse import pipeline_memory
+from parcourse.model_parallel import activation_memory as pipeline_memory
 from parcourse.kernels import bench, compiled, devices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ BUILT_FROM = ("pyproject.toml", "README.md", "requirements.txt", "requirements-d
 # model_parallel.ipynb), printed as JSON by a Python that imports the installed package.
 RENDER = """
 import json, parcourse
-from parcourse import pipeline_memory
+from parcourse.model_parallel import activation_memory as pipeline_memory
 from parcourse.kernels import bench, compiled, devices, gpu_check
 reports = [r for r in devices.stored_reports() if "bench" in r]
 print(json.dumps({

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import model_parallel_workers as w
-from parcourse import launch, partition, pipeline
+from parcourse import launch
+from parcourse.model_parallel import partition, pipeline
 from parcourse.errors import ConfigError
 from parcourse.models import build_model
-from parcourse.pipeline import Event
-from parcourse.train import TrainConfig, train
+from parcourse.model_parallel.pipeline import Event
+from parcourse.training import TrainConfig, train
 
 
 @pytest.mark.parametrize("name", pipeline.SCHEDULES)

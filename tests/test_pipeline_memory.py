@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parcourse import partition, pipeline, pipeline_memory
+from parcourse.model_parallel import partition, pipeline, activation_memory as pipeline_memory
 from parcourse.models import IMAGE_SHAPE, NUM_CLASSES, build_model
 
 STAGES, MICROBATCHES, BATCH = 2, 4, 32

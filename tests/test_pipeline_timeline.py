@@ -2,7 +2,7 @@
 
 import pytest
 
-from parcourse import pipeline, pipeline_timeline
+from parcourse.model_parallel import pipeline, timeline as pipeline_timeline
 
 
 @pytest.mark.parametrize("name", pipeline.SCHEDULES)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from parcourse import recsys
+from parcourse.chapters import recsys
 
 
 def test_shards_of_the_table_agree_with_the_whole_table():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from parcourse import collectives, scaling
+from parcourse import collectives
+from parcourse.chapters import scaling
 from parcourse.models import build_model, count_parameters
 
 

@@ -21,7 +21,7 @@ import security_workers as w
 from parcourse import checkpoint, launch, loopback
 from parcourse.errors import CheckpointError, ConfigError
 from parcourse.models import build_model
-from parcourse.train import TrainConfig, train
+from parcourse.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = TrainConfig(steps=6, batch_size=32, optimizer="adam", lr=0.002, seed=5, quiet=True)

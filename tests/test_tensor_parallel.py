@@ -6,7 +6,8 @@ import torch
 
 import model_parallel_workers as w
 from model_parallel_workers import upstream_gradient
-from parcourse import launch, tensor_parallel
+from parcourse import launch
+from parcourse.model_parallel import tensor as tensor_parallel
 from parcourse.errors import ConfigError
 from parcourse.models import build_model
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from parcourse import video
+from parcourse.chapters import video
 
 
 def test_dct_is_orthonormal_and_quantisation_round_trips_within_half_a_step():

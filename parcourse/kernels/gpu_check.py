@@ -5,7 +5,7 @@ short still leaves what it measured):
 
 1. ``python -m parcourse bench kernels --json ...``: every kernel timed, the H100 targets,
    and the block-size sweep;
-2. :func:`parcourse.pipeline_memory.measure`: each pipeline stage's activation memory
+2. :func:`parcourse.model_parallel.activation_memory.measure`: each pipeline stage's activation memory
    under GPipe and 1F1B, in bytes;
 3. ``pytest -m gpu`` over the test files of :data:`GPU_TESTS`: the tests that compile
    the kernels for the GPU;
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from .. import pipeline_memory
+from ..model_parallel import activation_memory as pipeline_memory
 from . import _triton
 
 IMPORTED_FROM = Path(__file__).resolve().parents[2]  # the folder holding this parcourse

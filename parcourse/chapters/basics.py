@@ -22,8 +22,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from . import launch
-from .data import shard_bounds
+from .. import launch
+from ..data import shard_bounds
 
 
 def shard(x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:

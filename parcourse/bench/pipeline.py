@@ -4,9 +4,9 @@ theoretical bubble (chapter 5; ``python -m parcourse bench pipeline``).
 For each schedule and number of micro-batches M the same model is trained on P workers
 (one stage each) for a few steps. The table gives the step time (the first step, which
 pays for warm-up, left out), the speedup over the naive split (M = 1), the bubble
-measured on the recorded timeline (:func:`parcourse.pipeline.mean_bubble`) beside
+measured on the recorded timeline (:func:`parcourse.model_parallel.pipeline.mean_bubble`) beside
 (P − 1)/(M + P − 1) and beside the bubble of the ideal timeline replayed with each
-stage's measured pass times (:func:`parcourse.pipeline_timeline.simulate`), and the peak
+stage's measured pass times (:func:`parcourse.model_parallel.timeline.simulate`), and the peak
 number of micro-batches whose activations a stage held. The formula assumes equal stages
 and free messages; the replay drops only the second assumption, so what remains between
 it and the measurement is the cost of the messages and of the workers competing for cores.
@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import pipeline, pipeline_timeline
-from .train import TrainConfig, train
+from ..model_parallel import pipeline
+from ..model_parallel import timeline as pipeline_timeline
+from ..training import TrainConfig, train
 
 DEFAULT_MICROBATCHES = (1, 2, 4, 8)
 

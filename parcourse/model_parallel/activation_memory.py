@@ -29,7 +29,7 @@ from torch import nn
 
 from . import partition as partitioning
 from . import pipeline
-from .models import IMAGE_SHAPE, NUM_CLASSES, build_model
+from ..models import IMAGE_SHAPE, NUM_CLASSES, build_model
 
 NO_CUDA = ("parcourse.pipeline_memory measures with torch.cuda.max_memory_allocated, which needs "
            "a CUDA GPU; on a CPU, parcourse.pipeline.peak_in_flight counts the micro-batches "

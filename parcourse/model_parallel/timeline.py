@@ -13,7 +13,7 @@ exactly (P − 1)/(M + P − 1) for GPipe and 1F1B alike; the real timeline reco
 from __future__ import annotations
 
 from .pipeline import Event, schedule
-from .widgets import Series
+from ..widgets import Series
 
 COLORS = {"F": "#1f77b4", "B": "#ff7f0e"}
 GAP = float("nan")  # breaks a line between two segments

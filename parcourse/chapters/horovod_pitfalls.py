@@ -21,7 +21,12 @@ import math
 
 import torch
 
-from . import loopback
+from .. import data as datasets
+from .. import loopback
+from ..data_parallel import horovod as hvd_dp
+from ..training.adapters import Replica, cpu_state
+from ..training.loop import make_optimizer, replica_loss
+from ..training.worker import batch_of, load_data_and_model, train_worker
 
 
 
@@ -60,30 +65,35 @@ def first_update_ratio(betas: tuple[float, float] = (0.9, 0.999), lr: float = 1e
 
 
 def _train(config, broadcast_state: bool):
-    """One Horovod training of ``config`` (as in parcourse.horovod_dp), optionally calling
-    ``hvd.broadcast_optimizer_state`` on the fresh optimizer first; rank 0's results."""
+    """One Horovod training of ``config`` (as ``--strategy horovod`` trains), optionally
+    calling ``hvd.broadcast_optimizer_state`` on the fresh optimizer first; rank 0's
+    results."""
     import horovod.torch as hvd
 
-    from .train import _cpu_state, fit, load_data_and_model, make_optimizer
-
     dataset, model = load_data_and_model(config)
-    optimizer = hvd.DistributedOptimizer(
-        make_optimizer(config.optimizer, model.parameters(), config.lr),
-        named_parameters=model.named_parameters(), op=hvd.Average)
+    optimizer = hvd_dp.distributed_optimizer(
+        make_optimizer(config.optimizer, model.parameters(), config.lr), model)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    before = _cpu_state(model)
+    before = cpu_state(model)
     counters: list[float] = []
     if broadcast_state:
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
         counters = [float(s["step"]) for s in optimizer.state.values() if "step" in s]
     moved = max((model.state_dict()[k] - v).abs().max().item() for k, v in before.items())
 
-    def sum_over_workers(tensor: torch.Tensor) -> None:
-        tensor.copy_(hvd.allreduce(tensor, op=hvd.Sum, name="losses"))
+    rank, world_size = hvd.rank(), hvd.size()
+    share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
 
-    losses, _ = fit(model, config, dataset, torch.device("cpu"), hvd.rank(), hvd.size(),
-                    optimizer=optimizer, sum_over_workers=sum_over_workers)
-    return {"state_dict": _cpu_state(model), "losses": losses,
+    def inner_step(step: int) -> float:
+        mine = datasets.shard(batch_of(dataset, config, step), rank, world_size)
+        optimizer.zero_grad()
+        loss = replica_loss(model, dataset.train_x[mine], dataset.train_y[mine], 1, 1.0)
+        optimizer.step()
+        return loss * share
+
+    losses, _ = train_worker(config, inner_step, Replica(model, optimizer, rank), rank=rank,
+                             world_size=world_size, sum_over_workers=hvd_dp.sum_over_workers)
+    return {"state_dict": cpu_state(model), "losses": losses,
             "step_counters_after_broadcast": counters,
             "parameter_change_of_broadcast": moved}
 
@@ -91,12 +101,7 @@ def _train(config, broadcast_state: bool):
 def broadcast_pitfall_worker(config) -> dict | None:
     """A Horovod process: train ``config`` without, then with, the broadcast of the fresh
     optimizer's state (both on CPU); rank 0 returns both results."""
-    import horovod.torch as hvd
-
-    from .launch import threads_per_worker
-
-    hvd.init()
-    torch.set_num_threads(threads_per_worker(hvd.local_size()))
+    hvd, _ = hvd_dp.init()
     results = {"without": _train(config, broadcast_state=False),
                "with": _train(config, broadcast_state=True)}
     rank = hvd.rank()
@@ -107,8 +112,6 @@ def broadcast_pitfall_worker(config) -> dict | None:
 def measure_broadcast_pitfall(config) -> dict:
     """Run :func:`broadcast_pitfall_worker` on ``config.workers`` local Horovod processes
     (``horovod.run`` over Gloo); return rank 0's ``{"without": ..., "with": ...}``."""
-    from .horovod_dp import require_horovod
-
-    require_horovod()
+    hvd_dp.require_horovod()
     results = loopback.horovod_run(broadcast_pitfall_worker, (config,), config.workers)
     return results[0]

@@ -14,7 +14,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from . import collectives, horovod_dp, launch
+from .. import collectives, launch
+from ..data_parallel import horovod as horovod_dp
 
 
 def raise_on_rank_one(rank: int, world_size: int) -> int:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import shard_bounds
+from ..data import shard_bounds
 
 
 def seed_ranges(K: int, B: int) -> list[range]:

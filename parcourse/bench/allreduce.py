@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import collectives, launch, loopback
+from .. import collectives, launch, loopback
 
 DEFAULT_SIZES = [2 ** p for p in range(10, 27, 2)]  # 1 KiB … 64 MiB
 IMPLEMENTATIONS = ("gloo", *collectives.ALGORITHMS)

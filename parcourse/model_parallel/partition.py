@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 METHODS = ("parameters", "time")
 

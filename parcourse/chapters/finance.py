@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import launch
+from .. import launch
 
 CHUNK = 1 << 20  # paths drawn at a time, so memory stays bounded for any n_paths
 

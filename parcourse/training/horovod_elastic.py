@@ -31,12 +31,16 @@ import time
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
-from . import data as datasets
-from .errors import ConfigError
-from .horovod_dp import require_horovod, under_horovodrun
-from .models import build_model
+from .. import data as datasets
+from ..data_parallel import horovod as hvd_dp
+from ..errors import ConfigError
+from ..launch import threads_per_worker
+from .adapters import cpu_state
+from .config import TrainConfig
+from .loop import make_optimizer, replica_loss, run_loop
+from .registry import WEIGHTED, Strategy, register
+from .worker import batch_of, load_data_and_model, result
 
 COMMIT_EVERY = 10  # steps between two commits (in memory: a copy of the state)
 FAULT_DRILL = "PARCOURSE_KILL_AT"  # "RANK:STEP": that worker kills itself (a fault drill)
@@ -66,19 +70,14 @@ def share_cores(hvd) -> None:
     """
     import socket
 
-    from .launch import threads_per_worker
-
     hosts = hvd.allgather_object(socket.gethostname())
     torch.set_num_threads(threads_per_worker(hosts.count(socket.gethostname())))
 
 
-def elastic_worker(config):
+def elastic_worker(config: TrainConfig):
     """Train ``config`` in this elastic Horovod process; the final rank 0 returns a
     TrainResult, the others None."""
     import horovod.torch as hvd
-
-    from .train import (TrainResult, _cpu_state, accuracy, check_finite, load_data_and_model,
-                        make_optimizer)
 
     hvd.init()
     device = torch.device("cpu")
@@ -88,10 +87,9 @@ def elastic_worker(config):
     else:
         share_cores(hvd)
     dataset, model = load_data_and_model(config, device)
-    optimizer = hvd.DistributedOptimizer(
-        make_optimizer(config.optimizer, model.parameters(), config.lr),
-        named_parameters=model.named_parameters(), op=hvd.Sum)
-    n, kill_at = len(dataset.train_y), drill_step()
+    optimizer = hvd_dp.distributed_optimizer(
+        make_optimizer(config.optimizer, model.parameters(), config.lr), model, average=False)
+    kill_at = drill_step()
 
     def announce():
         if device.type == "cpu":
@@ -100,45 +98,59 @@ def elastic_worker(config):
             print(f"horovod-elastic: the workers changed, now {hvd.size()}; continuing "
                   f"from the last commit, step {state.step}", file=sys.stderr, flush=True)
 
+    def inner_step(step: int) -> float:
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        mine = datasets.shard(batch_of(dataset, config, step), hvd.rank(), hvd.size())
+        optimizer.zero_grad()
+        share = len(mine) / config.batch_size
+        loss = replica_loss(model, dataset.train_x[mine].to(device),
+                            dataset.train_y[mine].to(device), 1, share)
+        optimizer.step()
+        return loss * share
+
+    def after_step(step: int, loss: float) -> None:
+        state.losses = state.losses + [loss]  # a new list: a commit keeps the old one
+        state.step = step + 1
+        if state.step % COMMIT_EVERY == 0:
+            state.commit()
+
     @hvd.elastic.run
     def train(state):
-        while state.step < config.steps:
-            if state.step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            indices = datasets.global_batch(n, config.batch_size, state.step, config.seed)
-            mine = datasets.shard(indices, hvd.rank(), hvd.size())
-            x, y = dataset.train_x[mine].to(device), dataset.train_y[mine].to(device)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y) * (len(mine) / config.batch_size)
-            loss.backward()
-            optimizer.step()
-            total = hvd.allreduce(loss.detach().cpu(), op=hvd.Sum, name="loss")
-            check_finite(total.item(), state.step, config, hvd.rank())
-            state.losses = state.losses + [total.item()]  # a new list: commit keeps the old
-            state.step += 1
-            if state.step % COMMIT_EVERY == 0:
-                state.commit()
+        run_loop(config, inner_step, start=state.step, rank=hvd.rank(),
+                        world_size=hvd.size(), device=device,
+                        sum_over_workers=hvd_dp.sum_over_workers, after_step=after_step)
 
     state = hvd.elastic.TorchState(model, optimizer, step=0, losses=[])
     state.register_reset_callbacks([announce])
-    start = time.perf_counter()
+    begin = time.perf_counter()
     train(state)
-    seconds = time.perf_counter() - start
-    result = None
+    seconds = time.perf_counter() - begin
+    outcome = None
     if hvd.rank() == 0:
-        result = TrainResult(replace(config, workers=hvd.size()), _cpu_state(model),
-                             state.losses, seconds,
-                             accuracy(model, dataset.test_x, dataset.test_y, device))
+        outcome = result(replace(config, workers=hvd.size()), cpu_state(model), state.losses,
+                         seconds, dataset)
     hvd.shutdown()
-    return result
+    return outcome
 
 
-def train_elastic(config):
+def train_elastic(config: TrainConfig):
     """Run :func:`elastic_worker` here; only under an elastic ``horovodrun``."""
-    require_horovod()
-    if not under_horovodrun():
+    hvd_dp.require_horovod()
+    if not hvd_dp.under_horovodrun():
         raise ConfigError("--strategy horovod-elastic runs under an elastic horovodrun: "
                           "horovodrun -np 2 --min-np 1 --host-discovery-script HOSTS.sh --gloo "
                           "python -m parcourse train --strategy horovod-elastic (see "
-                          "parcourse/horovod_elastic.py for a one-machine HOSTS.sh)")
+                          "parcourse/training/horovod_elastic.py for a one-machine HOSTS.sh)")
     return elastic_worker(config)
+
+
+def _check(config: TrainConfig) -> None:
+    if config.checkpoint or config.resume:
+        raise ConfigError("--checkpoint and --resume do not apply to --strategy "
+                          "horovod-elastic, which commits its state in memory every 10 steps")
+
+
+register(Strategy("horovod-elastic", train_elastic,
+                  "Horovod elastic: survivors of a dead worker roll back and go on",
+                  batch=WEIGHTED, check=_check))

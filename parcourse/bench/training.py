@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .train import TrainConfig, train
+from ..training import TrainConfig, train
 
 DEFAULT_STRATEGIES = ("ddp", "dp-manual", "dp-bucketed")
 

@@ -29,8 +29,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import launch
-from .data import shard_bounds
+from .. import launch
+from ..data import shard_bounds
+from ..grid import Grid
 
 STAGES = 2  # the two layers of the perceptron, one per stage
 
@@ -55,7 +56,8 @@ def grid_position(rank: int, world_size: int) -> tuple[int, int]:
     if world_size < STAGES or world_size % STAGES:
         raise ValueError(f"the hybrid grid needs an even number of workers (replicas × 2 "
                          f"stages), got {world_size}")
-    return divmod(rank, STAGES)
+    where = Grid.of(world_size, stages=STAGES).position(rank)
+    return where.replica, where.stage
 
 
 def reference_train(x: torch.Tensor, y: torch.Tensor, hidden: int, steps: int, lr: float,
@@ -83,9 +85,9 @@ def hybrid_worker(rank: int, world_size: int, x: torch.Tensor, y: torch.Tensor, 
     their gradients to the other stage, and gradients into the all-reduce.
     """
     replica, stage = grid_position(rank, world_size)
-    replicas = world_size // STAGES
-    # every rank creates every group, in the same order (torch.distributed requires it)
-    groups = [dist.new_group([r * STAGES + s for r in range(replicas)]) for s in range(STAGES)]
+    grid = Grid.of(world_size, stages=STAGES)
+    replicas = grid.replicas
+    groups = grid.data_parallel_groups()  # every rank creates every group, in one order
     mine = stage_of(build_mlp(x.shape[1], hidden, y.shape[1], seed, x.dtype), stage)
     start, end = shard_bounds(len(x), replica, replicas)
     xs, ys, n = x[start:end], y[start:end], len(x)
@@ -111,7 +113,7 @@ def hybrid_worker(rank: int, world_size: int, x: torch.Tensor, y: torch.Tensor, 
             sent["between stages"] += a.grad.numel() * a.grad.element_size()
             losses.append(loss.item())
         for p in mine.parameters():                          # data parallelism per stage
-            dist.all_reduce(p.grad, group=groups[stage])
+            dist.all_reduce(p.grad, group=groups[stage, 0])
             sent["all-reduce"] += p.grad.numel() * p.grad.element_size()
         with torch.no_grad():
             for p in mine.parameters():

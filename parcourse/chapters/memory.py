@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import launch
-from .models import IMAGE_SHAPE, NUM_CLASSES, build_model
+from .. import launch
+from ..models import IMAGE_SHAPE, NUM_CLASSES, build_model
 
 KINDS = ("parameters", "gradients", "optimizer state")
 VARIANTS = ("ddp", "zero-1")

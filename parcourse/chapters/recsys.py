@@ -32,8 +32,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import launch
-from .data import shard_bounds
+from .. import launch
+from ..data import shard_bounds
 
 CHUNK_ROWS = 1024  # rows drawn from one random stream, so any shard can be built alone
 

@@ -14,7 +14,7 @@ four things the source document's code leaves out, and this module does:
    gradients to create one, which for Adam counts as step 1 and changes the bias
    correction of every later step (the book measures the difference). Here every rank
    starts from the same empty state, or (with ``--resume``) loads the same checkpoint
-   inside :func:`parcourse.train.fit`, so nothing needs copying and the call is made only
+   inside the training loop (:mod:`parcourse.training.worker`), so nothing needs copying and the call is made only
    for an optimizer that already holds state — as in a program that restores its
    checkpoint on rank 0 alone;
 3. each worker trains on its own shard of every global batch (``hvd.rank()``);
@@ -28,9 +28,11 @@ On a GPU, each process pins its device by local rank: ``torch.cuda.set_device(hv
 ``fp16=True`` compresses gradients to float16 on the wire (``hvd.Compression.fp16``):
 half the traffic, and a rounding error in every averaged gradient.
 
-Run it from a notebook with :func:`train_horovod` (``horovod.run`` starts K processes
-over Gloo) or from the shell: ``horovodrun -np 2 -H localhost:2 --gloo python -m
-parcourse train --strategy horovod``.
+This module holds the mechanism (what a Horovod worker calls); the strategy ``horovod``
+that trains with it is :mod:`parcourse.training.horovod`. Run it from a notebook
+(``horovod.run`` starts K processes over Gloo, :func:`parcourse.loopback.horovod_run`)
+or from the shell: ``horovodrun -np 2 -H localhost:2 --gloo python -m parcourse train
+--strategy horovod``.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ import os
 
 import torch
 
-from . import loopback
-from .errors import MissingDependencyError, TrainingDiverged
+from ..errors import MissingDependencyError
+from ..launch import threads_per_worker
 
 
 def horovod_available() -> bool:
@@ -66,54 +68,43 @@ def under_horovodrun() -> bool:
     return "HOROVOD_RANK" in os.environ
 
 
-def horovod_worker(config, fp16: bool = False):
-    """Train ``config`` in this Horovod process; rank 0 returns a TrainResult."""
+def init():
+    """``hvd.init()``, then pin this process's device by local rank (or give it its share
+    of the CPU cores); returns ``(hvd, device)``."""
     import horovod.torch as hvd
 
-    from .launch import threads_per_worker
-    from .train import TrainResult, _cpu_state, accuracy, fit, load_data_and_model, make_optimizer
-
     hvd.init()
-    rank, world_size = hvd.rank(), hvd.size()
     if torch.cuda.is_available():
         torch.cuda.set_device(hvd.local_rank())
-        device = torch.device("cuda", hvd.local_rank())
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(threads_per_worker(hvd.local_size()))
-    dataset, model = load_data_and_model(config, device)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
-    optimizer = hvd.DistributedOptimizer(
-        optimizer, named_parameters=model.named_parameters(), op=hvd.Average,
+        return hvd, torch.device("cuda", hvd.local_rank())
+    torch.set_num_threads(threads_per_worker(hvd.local_size()))
+    return hvd, torch.device("cpu")
+
+
+def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module,
+                          average: bool = True, fp16: bool = False):
+    """``hvd.DistributedOptimizer`` over ``model``'s parameters: gradients averaged (or
+    summed) during ``backward()``, sent as float16 with ``fp16``."""
+    import horovod.torch as hvd
+
+    return hvd.DistributedOptimizer(
+        optimizer, named_parameters=model.named_parameters(),
+        op=hvd.Average if average else hvd.Sum,
         compression=hvd.Compression.fp16 if fp16 else hvd.Compression.none)
+
+
+def start_equal(model: torch.nn.Module, optimizer) -> None:
+    """Rank 0's parameters to every worker, and its optimizer state where there is one
+    (see point 2 above: never for a fresh optimizer)."""
+    import horovod.torch as hvd
+
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    if optimizer.state_dict()["state"]:  # only state that exists is copied (see above)
+    if optimizer.state_dict()["state"]:
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
-    def sum_over_workers(tensor: torch.Tensor) -> None:
-        tensor.copy_(hvd.allreduce(tensor, op=hvd.Sum, name="losses"))
 
-    try:
-        losses, seconds = fit(model, config, dataset, device, rank, world_size,
-                              optimizer=optimizer, sum_over_workers=sum_over_workers)
-    except TrainingDiverged as err:  # returned, so that horovod.run does not bury it
-        hvd.shutdown()
-        return err
-    result = None
-    if rank == 0:
-        result = TrainResult(config, _cpu_state(model), losses, seconds,
-                             accuracy(model, dataset.test_x, dataset.test_y, device))
-    hvd.shutdown()
-    return result
+def sum_over_workers(tensor: torch.Tensor) -> None:
+    """Sum ``tensor`` over the Horovod workers, in place."""
+    import horovod.torch as hvd
 
-
-def train_horovod(config, fp16: bool = False):
-    """Data parallelism with Horovod over ``config.workers`` processes; rank 0's result."""
-    require_horovod()
-    if under_horovodrun():
-        return horovod_worker(config, fp16)
-    results = loopback.horovod_run(horovod_worker, (config, fp16), config.workers)
-    diverged = [r for r in results if isinstance(r, TrainingDiverged)]
-    if diverged:
-        raise diverged[0]
-    return results[0]
+    tensor.copy_(hvd.allreduce(tensor, op=hvd.Sum, name="sum_over_workers"))

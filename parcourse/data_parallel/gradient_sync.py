@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import collectives
+from .. import collectives
 
 NATIVE = "native"  # dist.all_reduce: the process group's own (gloo or NCCL)
 

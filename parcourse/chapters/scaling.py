@@ -44,9 +44,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import collectives, launch
-from .data import shard_sizes
-from .models import IMAGE_SHAPE, NUM_CLASSES, SimpleModel
+from .. import collectives, launch
+from ..data import shard_sizes
+from ..models import IMAGE_SHAPE, NUM_CLASSES, SimpleModel
 
 
 def mlp(hidden: int) -> nn.Module:

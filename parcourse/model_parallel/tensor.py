@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # bytes moved and calls made by each collective of this module, in this process
 COMMUNICATION: dict[str, list[int]] = defaultdict(lambda: [0, 0])

@@ -1,0 +1,99 @@
+"""Checkpoint adapters: this worker's part of the model ↔ the unsplit model (chapter 5).
+
+A checkpoint always holds the unsplit model's ``state_dict`` and the optimizer state of an
+optimizer over all its parameters (numbered 0, 1, … in model order), so a run saved by any
+strategy resumes under any other. Each strategy has one adapter:
+
+* :class:`Replica` — the worker holds the whole model (single, data parallelism);
+* :class:`Stages` — the worker holds consecutive layers ``start … end − 1`` (pipelines);
+* :class:`TensorShards` — the worker holds 1/K of each split layer (tensor parallelism).
+
+``full()`` is called on every worker at the same step (it may use collectives) and
+returns ``(model_state, optimizer_state)`` on rank 0, ``None`` elsewhere; ``load(saved)``
+puts a checkpoint's unsplit state into this worker's part.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .. import checkpoint
+from ..model_parallel import tensor as tensor_parallel
+
+
+def cpu_state(module: nn.Module) -> dict:
+    """A copy of ``module``'s state_dict on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+class Replica:
+    """The whole model on every worker: rank 0's copy is the unsplit model."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int = 0):
+        self.model, self.optimizer, self.rank = model, optimizer, rank
+
+    def full(self):
+        if self.rank != 0:
+            return None
+        return cpu_state(self.model), self.optimizer.state_dict()
+
+    def load(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+
+
+class Stages:
+    """Layers ``start … end − 1`` of the model; replica 0's stages make the unsplit model.
+
+    The optimizer over this stage's parameters numbers them 0, 1, …; in the unsplit model
+    they come after the ``first_parameter`` parameters of the earlier stages
+    (:func:`parcourse.checkpoint.merge_optimizer_states`).
+    """
+
+    def __init__(self, part: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 first_parameter: int, stages: int, rank: int, world_size: int):
+        self.part, self.optimizer = part, optimizer
+        self.first_parameter, self.stages = first_parameter, stages
+        self.rank, self.world_size = rank, world_size
+
+    def full(self):
+        mine = (cpu_state(self.part),
+                self.optimizer.state_dict() if self.optimizer is not None else None)
+        gathered = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(mine, gathered, dst=0)
+        if self.rank != 0:
+            return None
+        first_replica = gathered[:self.stages]
+        model_state = {k: v for state, _ in first_replica for k, v in state.items()}
+        return model_state, checkpoint.merge_optimizer_states([o for _, o in first_replica])
+
+    def load(self, saved: dict) -> None:
+        self.part.load_state_dict({key: saved["model"][key] for key in self.part.state_dict()})
+        if self.optimizer is not None:
+            count = len(list(self.part.parameters()))
+            self.optimizer.load_state_dict(checkpoint.split_optimizer_state(
+                saved["optimizer"], self.first_parameter, count))
+
+
+class TensorShards:
+    """1/K of each split layer (Megatron): gathered into the unsplit model's parameters
+    and Adam state, sliced back on load (:mod:`parcourse.model_parallel.tensor`)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int,
+                 world_size: int):
+        self.model, self.optimizer = model, optimizer
+        self.rank, self.world_size = rank, world_size
+
+    def full(self):
+        model_state = tensor_parallel.full_state_dict(self.model)        # collectives: every
+        optimizer_state = tensor_parallel.full_optimizer_state(          # worker takes part
+            self.optimizer, self.model, self.world_size)
+        return (model_state, optimizer_state) if self.rank == 0 else None
+
+    def load(self, saved: dict) -> None:
+        model_state, optimizer_state = tensor_parallel.shard_state(
+            saved["model"], self.model, self.rank, self.world_size)
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer_state(saved["optimizer"]))

@@ -1,0 +1,91 @@
+"""What a training run is asked to do, and what it produced (chapter 5).
+
+:class:`TrainConfig` holds every option of ``python -m parcourse train``: field ``x_y`` is
+the command-line option ``--x-y``. ``batch_size`` is always the *global* batch B: a
+data-parallel strategy with K workers gives each worker B/K samples per step, so every
+strategy trains on the same global batches (:func:`parcourse.data.global_batch`) and its
+final parameters can be compared key by key with ``strategy="single"`` (chapter 3).
+Which strategies take which options is declared by each strategy
+(:mod:`parcourse.training.registry`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OPTIMIZERS = ("sgd", "adam")
+DATASETS = ("digits", "mnist")
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class TrainConfig:
+    """All options of one training run; field ``x_y`` is the command-line ``--x-y``."""
+
+    strategy: str = "single"
+    """How to parallelize: a name of :data:`parcourse.training.REGISTRY`."""
+    model: str = "simple"
+    """The book's model to train (:data:`parcourse.models.MODELS`)."""
+    dataset: str = "digits"
+    """``digits`` (offline, shipped with scikit-learn) or ``mnist`` (downloaded once)."""
+    steps: int = 100
+    """Optimizer steps."""
+    batch_size: int = 64
+    """The global batch B, split over the workers."""
+    lr: float = 0.05
+    """Learning rate (positive and finite)."""
+    optimizer: str = "sgd"
+    """``sgd`` or ``adam``."""
+    dtype: str = "float32"
+    """Parameters, data, optimizer state and messages: ``float64`` proves every strategy
+    equal to ``single`` to 1e-10 on any machine (:mod:`parcourse.compare`)."""
+    seed: int = 0
+    """Seed of the initial weights and of the batch order."""
+    workers: int = 1
+    """Number of worker processes K."""
+    backend: str = "auto"
+    """``auto``, ``gloo`` or ``nccl`` (:func:`parcourse.launch.choose_backend`)."""
+    allreduce: str = "ring"
+    """Which all-reduce sums the gradients: naive, ring, tree or native."""
+    bucket_kb: float = 1024.0
+    """Gradient bucket size in KiB."""
+    fp16_allreduce: bool = False
+    """Send gradients as float16 (Horovod's compression)."""
+    accumulation: int = 1
+    """Micro-batches per step whose gradients are accumulated (one process)."""
+    stages: int = 0
+    """Pipeline stages (0: the strategy's default)."""
+    microbatches: int = 1
+    """Micro-batches per step in a pipeline (1: the naive layer split)."""
+    partition: str = "parameters"
+    """Where to cut a pipeline: parameters, time, or cut points such as 3 or 2,5."""
+    checkpoint: str | None = None
+    """File for checkpoints (:mod:`parcourse.checkpoint`)."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every N steps (0: never)."""
+    resume: bool = False
+    """Continue from the checkpoint if it exists."""
+    timeout: float = 600.0
+    """Stop the workers if they have not finished after this many seconds."""
+    quiet: bool = False
+    """No progress bar and no summary."""
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: final parameters (plain key names, on the CPU) and measurements."""
+
+    config: TrainConfig
+    state_dict: dict = field(repr=False)
+    losses: list = field(repr=False)       # mean loss over the global batch, per step
+    seconds: float = 0.0                   # wall time of the training loop
+    test_accuracy: float = 0.0
+    communication_seconds: float = 0.0     # dp-manual, dp-bucketed: time in all-reduce
+    overlap: float = 0.0                   # dp-bucketed: share of it hidden behind backward
+    timeline: list = field(default_factory=list, repr=False)  # pipelines: pipeline.Event list
+    peak_in_flight: list = field(default_factory=list)       # pipelines: per stage
+    stage_layers: list = field(default_factory=list)         # pipelines: (start, end) per stage
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.config.steps * self.config.batch_size / self.seconds

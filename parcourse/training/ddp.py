@@ -1,0 +1,87 @@
+"""Data parallelism over K workers started by :func:`parcourse.launch.run` or torchrun
+(chapters 3–5): ``ddp`` (PyTorch's DistributedDataParallel), and the same algorithm
+written out, ``dp-manual`` (one all-reduce after backward) and ``dp-bucketed`` (buckets
+all-reduced while backward runs), from :mod:`parcourse.data_parallel.gradient_sync`.
+
+Worker k computes the mean loss of its B_k samples. DDP averages the K gradients, which
+is the gradient of the mean over all B samples when the shards are equal (K | B); the
+hand-written versions back-propagate the local mean times B_k / B and *sum*, which is
+exact for uneven shards too (chapter 4).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .. import data as datasets
+from .. import launch
+from ..data_parallel import gradient_sync
+from .adapters import Replica, cpu_state
+from .config import TrainConfig
+from .loop import make_optimizer, replica_loss
+from .registry import EQUAL, WEIGHTED, Strategy, register
+from .worker import batch_of, load_data_and_model, result, train_worker
+
+
+def _ddp(model: nn.Module, config: TrainConfig, device):
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids), None
+
+
+def _manual(model: nn.Module, config: TrainConfig, device):
+    gradient_sync.broadcast_parameters(model)
+    return model, gradient_sync.GradientAllReduce(model, config.allreduce)
+
+
+def _bucketed(model: nn.Module, config: TrainConfig, device):
+    gradient_sync.broadcast_parameters(model)
+    return model, gradient_sync.BucketedGradientAllReduce(model, int(config.bucket_kb * 1024),
+                                                          config.allreduce)
+
+
+REPLICATE = {"ddp": _ddp, "dp-manual": _manual, "dp-bucketed": _bucketed}
+
+
+def data_parallel_worker(rank: int, world_size: int, config: TrainConfig):
+    """One data-parallel worker; rank 0 returns the result, the others ``None``."""
+    device = launch.device()
+    dataset, model = load_data_and_model(config, device)
+    replica, sync = REPLICATE[config.strategy](model, config, device)
+    optimizer = make_optimizer(config.optimizer, replica.parameters(), config.lr)
+    share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
+
+    def inner_step(step: int) -> float:
+        mine = datasets.shard(batch_of(dataset, config, step), rank, world_size)
+        optimizer.zero_grad()
+        loss = replica_loss(replica, dataset.train_x[mine].to(device),
+                            dataset.train_y[mine].to(device), 1,
+                            share if sync is not None else 1.0)
+        if sync is not None:
+            sync.finish()
+        optimizer.step()
+        return loss * share
+
+    losses, seconds = train_worker(config, inner_step, Replica(model, optimizer, rank),
+                                   rank=rank, world_size=world_size, device=device)
+    if rank != 0:
+        return None
+    return result(config, cpu_state(model), losses, seconds, dataset,
+                  communication_seconds=getattr(sync, "communication_seconds", 0.0),
+                  overlap=getattr(sync, "overlap", 0.0))
+
+
+def train_data_parallel(config: TrainConfig):
+    """Data parallelism over ``config.workers`` workers (ddp, dp-manual or dp-bucketed)."""
+    return launch.run(data_parallel_worker, config.workers, args=(config,),
+                      backend=config.backend, timeout=config.timeout,
+                      verbose=not config.quiet)[0]
+
+
+register(Strategy("ddp", train_data_parallel, "PyTorch DistributedDataParallel",
+                  batch=EQUAL))
+register(Strategy("dp-manual", train_data_parallel,
+                  "one all-reduce of every gradient after backward (uneven shards weighted)",
+                  options=("allreduce",)))
+register(Strategy("dp-bucketed", train_data_parallel,
+                  "buckets of gradients all-reduced while backward runs",
+                  options=("allreduce", "bucket_kb")))

@@ -1,0 +1,163 @@
+"""Pipelines and data × pipeline grids (chapters 3–5): ``pipeline-gpipe``,
+``pipeline-1f1b`` and ``dp-pp``.
+
+Every worker builds the whole model from the same seed and keeps only its stage, so the
+parts start exactly as the single-device model does. Worker ``rank`` is stage s of
+replica r in the grid :class:`parcourse.grid.Grid` (R replicas × P stages). Replica r
+trains on shard r of the global batch, cut into M micro-batches; micro-batch m is
+weighted b_m / B (B: the global batch), so the sum over micro-batches and replicas is the
+full batch's gradient. After the backward pass, the workers that hold the same stage
+all-reduce (sum) their gradients within their data-parallel group. The schedules and the
+stage that runs them are :mod:`parcourse.model_parallel.pipeline`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.distributed as dist
+
+from .. import data as datasets
+from .. import launch
+from ..errors import ConfigError
+from ..grid import Grid
+from ..model_parallel import partition, pipeline
+from ..models import MODELS
+from .adapters import Stages
+from .config import TrainConfig
+from .loop import make_optimizer
+from .registry import PIPELINED, Strategy, register
+from .worker import batch_of, load_data_and_model, result, train_worker
+
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What distinguishes the three pipeline strategies."""
+    schedule: str        # a name of parcourse.model_parallel.pipeline.SCHEDULES
+    replicated: bool     # several replicas of the pipeline (then 2 stages by default)
+    summary: str
+
+
+PIPELINES = {
+    "pipeline-gpipe": Pipeline("gpipe", False, "GPipe: all forwards, then all backwards"),
+    "pipeline-1f1b": Pipeline("1f1b", False, "1F1B: one forward, one backward (PipeDream-Flush)"),
+    "dp-pp": Pipeline("1f1b", True, "replicas × 1F1B pipeline stages"),
+}
+
+
+def check_microbatches(batch_size: int, replicas: int, microbatches: int) -> None:
+    """Each replica's share of the batch must split into equal micro-batches."""
+    if microbatches < 1:
+        raise ConfigError(f"--microbatches must be at least 1 (got {microbatches})")
+    if batch_size % (replicas * microbatches):
+        parts = replicas * microbatches
+        raise ConfigError(
+            f"--batch-size {batch_size} cannot be cut into {parts} equal micro-batches "
+            f"({replicas} replica(s) × --microbatches {microbatches}): use a multiple of "
+            f"{parts}, e.g. {max(parts, batch_size - batch_size % parts)}")
+
+
+def _sum_gradients(module: torch.nn.Module, group) -> None:
+    """Sum this stage's gradients over the replicas that hold the same stage."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
+    """One stage of one replica; rank 0 returns the gathered result, the others None."""
+    grid = Grid.of(world_size, stages=config.stages)
+    where, device = grid.position(rank), launch.device()
+    dataset, model = load_data_and_model(config)
+    micro_size = config.batch_size // (grid.replicas * config.microbatches)
+    example = dataset.train_x[:micro_size]  # one micro-batch: shapes and layer times
+    # measured layer times differ from worker to worker: rank 0 decides for everyone
+    decision = [partition.partition(model, grid.stages, config.partition, example)
+                if rank == 0 else None]
+    dist.broadcast_object_list(decision, src=0)
+    ranges = decision[0]
+    shapes = partition.boundary_shapes(model, ranges, example)
+    start, end = ranges[where.stage]
+    part = model[start:end].to(device)
+    first, last = where.stage == 0, where.stage == grid.stages - 1
+    runner = pipeline.PipelineStage(part, where.stage, grid.stages,
+                                    None if first else rank - 1, None if last else rank + 1,
+                                    shapes[where.stage], shapes[where.stage + 1], device,
+                                    example.dtype)
+    groups = grid.data_parallel_groups()
+    actions = pipeline.schedule(PIPELINES[config.strategy].schedule, where.stage, grid.stages,
+                                config.microbatches)
+    trainable = list(part.parameters())
+    optimizer = make_optimizer(config.optimizer, trainable, config.lr) if trainable else None
+    timeline, t0 = [], pipeline.common_clock_origin(device)
+
+    def inner_step(step: int) -> float:
+        mine = datasets.shard(batch_of(dataset, config, step), where.replica, grid.replicas)
+        micro = [datasets.shard(mine, m, config.microbatches)
+                 for m in range(config.microbatches)]
+        part.zero_grad()
+        loss, events = runner.run(
+            actions, step, t0,
+            inputs=[dataset.train_x[i].to(device) for i in micro] if first else None,
+            targets=[dataset.train_y[i].to(device) for i in micro] if last else None,
+            weights=[len(i) / config.batch_size for i in micro])
+        if trainable:
+            if grid.replicas > 1:
+                _sum_gradients(part, groups[where.stage, 0])
+            optimizer.step()
+        timeline.extend(events)
+        return loss  # the last stage's share of the global mean; 0 elsewhere
+
+    first_parameter = len(list(model[:start].parameters()))
+    adapter = Stages(part, optimizer, first_parameter, grid.stages, rank, world_size)
+    losses, seconds = train_worker(config, inner_step, adapter, rank=rank,
+                                   world_size=world_size, device=device)
+    full = adapter.full()
+    gathered = [None] * world_size if rank == 0 else None
+    dist.gather_object((timeline, runner.peak_in_flight), gathered, dst=0)
+    if rank != 0:
+        return None
+    return result(config, full[0], losses, seconds, dataset,
+                  timeline=[e for events, _ in gathered[:grid.stages] for e in events],
+                  peak_in_flight=[peak for _, peak in gathered[:grid.stages]],
+                  stage_layers=ranges)
+
+
+def train_pipeline(config: TrainConfig):
+    """Run ``config.workers`` pipeline workers; rank 0's result."""
+    return launch.run(pipeline_worker, config.workers, args=(config,), backend=config.backend,
+                      timeout=config.timeout, verbose=not config.quiet)[0]
+
+
+def stages_of(config: TrainConfig) -> int:
+    """``--stages``, or by default one per worker (two for a replicated pipeline)."""
+    return config.stages or (2 if PIPELINES[config.strategy].replicated else config.workers)
+
+
+def _prepare(config: TrainConfig) -> TrainConfig:
+    return config if config.stages else replace(config, stages=stages_of(config))
+
+
+def _check(config: TrainConfig) -> None:
+    model, stages = MODELS[config.model](), stages_of(config)
+    if not PIPELINES[config.strategy].replicated and stages != config.workers:
+        raise ConfigError(f"--strategy {config.strategy} runs one stage per worker, but "
+                          f"--stages is {stages} and --workers {config.workers}: make them "
+                          f"equal, or use --strategy dp-pp for several pipeline replicas")
+    partition.check_stages(len(model), stages, f"--model {config.model}")
+    grid = Grid.of(config.workers, stages=stages)
+    check_microbatches(config.batch_size, grid.replicas, config.microbatches)
+    if config.partition not in partition.METHODS:
+        partition.parse_boundaries(config.partition, len(model), stages)
+
+
+for _name, _pipeline in PIPELINES.items():
+    register(Strategy(_name, train_pipeline, _pipeline.summary,
+                      options=("stages", "microbatches", "partition"), batch=PIPELINED,
+                      family="pipeline", check=_check, prepare=_prepare))

@@ -1,0 +1,194 @@
+"""The strategy registry: each strategy declared once, in its own module (chapter 5).
+
+A :class:`Strategy` says what runs it, which of the strategy-specific options it takes
+(:data:`SPECIFIC`), how it splits the global batch, and its own checks. From these
+declarations come the option checks ("``--X`` works with …"), the help text of each
+option, and :func:`train`, which asks the declaration instead of comparing names.
+Adding a strategy is one module that calls :func:`register`, imported by
+``parcourse/training/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from .. import checkpoint, collectives, launch
+from .. import data as datasets
+from ..data_parallel import gradient_sync
+from ..errors import ConfigError
+from ..models import MODELS
+from .config import DATASETS, DTYPES, OPTIMIZERS, TrainConfig, TrainResult
+
+# Options that only some strategies take; every other field of TrainConfig applies to all.
+SPECIFIC = ("allreduce", "bucket_kb", "fp16_allreduce", "accumulation", "stages",
+            "microbatches", "partition")
+# Of those, the ones that tune how a strategy runs, not what it computes: a strategy that
+# does not take them ignores them, so that one configuration serves several strategies
+# (the book's comparisons do this). Setting any other specific option for a strategy that
+# does not take it is an error ("--stages works with the pipeline strategies ...").
+TUNING = ("allreduce", "bucket_kb", "partition")
+# How a strategy splits the global batch of B samples over K workers.
+EQUAL = "equal shards"          # averages K local means: needs K | B
+WEIGHTED = "weighted shards"    # weights shard k by B_k / B: any B ≥ K
+WHOLE = "the whole batch"       # every worker sees the whole batch (one worker, or tensor)
+PIPELINED = "micro-batches"     # replicas' shards, cut into micro-batches
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A strategy's declaration: the engine asks it, never its name."""
+
+    name: str
+    run: Callable[[TrainConfig], TrainResult]   # trains config.workers workers; rank 0's result
+    summary: str                                # one line for the README and --help
+    options: tuple[str, ...] = ()               # the SPECIFIC options it takes
+    batch: str = WEIGHTED                       # how it splits the global batch
+    parallel: bool = True                       # False: exactly one worker
+    family: str = ""                            # e.g. "pipeline": named in messages
+    check: Callable[[TrainConfig], None] | None = None       # its own validation
+    prepare: Callable[[TrainConfig], TrainConfig] | None = None  # fills its defaults
+
+
+REGISTRY: dict[str, Strategy] = {}
+
+
+def register(strategy: Strategy) -> Strategy:
+    """Add ``strategy`` to :data:`REGISTRY` (each name once)."""
+    if strategy.name in REGISTRY:
+        raise ValueError(f"strategy {strategy.name!r} is declared twice")
+    unknown = set(strategy.options) - set(SPECIFIC)
+    if unknown:
+        raise ValueError(f"strategy {strategy.name!r} declares unknown options {sorted(unknown)}")
+    REGISTRY[strategy.name] = strategy
+    return strategy
+
+
+def takers(option: str) -> list[str]:
+    """The strategies that take the specific ``option``, in registration order."""
+    return [s.name for s in REGISTRY.values() if option in s.options]
+
+
+def _family(names: list[str]) -> str:
+    """The family whose members are exactly ``names`` ("pipeline"), or ""."""
+    families = {REGISTRY[n].family for n in names}
+    if len(families) == 1 and len(names) > 1:
+        family = families.pop()
+        if family and names == [n for n, s in REGISTRY.items() if s.family == family]:
+            return family
+    return ""
+
+
+def option_help(option: str) -> str:
+    """The start of an option's help text: the strategies that take it."""
+    names = takers(option)
+    family = _family(names)
+    return f"{family} strategies ({', '.join(names)})" if family else ", ".join(names)
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _check_options(config: TrainConfig, check) -> None:
+    """Each specific option left at its default, or taken by the chosen strategy."""
+    defaults, strategy = TrainConfig(), REGISTRY[config.strategy]
+    for option in SPECIFIC:
+        if (option in TUNING or option in strategy.options
+                or getattr(config, option) == getattr(defaults, option)):
+            continue
+        names = takers(option)
+        family = _family(names)
+        if family:
+            check(False, f"{_flag(option)} works with the {family} strategies "
+                         f"({', '.join(names)}), not --strategy {config.strategy}")
+        check(False, f"{_flag(option)} works with --strategy {' or '.join(names)} "
+                     f"(got --strategy {config.strategy})")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for the first invalid option: the generic checks, those
+    generated from the declarations, then the strategy's own."""
+    check = _check
+    check(config.strategy in REGISTRY,
+          f"unknown --strategy {config.strategy!r}: choose one of {', '.join(REGISTRY)}")
+    for option, choices in (("model", MODELS), ("dataset", DATASETS),
+                            ("optimizer", OPTIMIZERS), ("dtype", DTYPES),
+                            ("backend", launch.BACKENDS)):
+        value = getattr(config, option)
+        check(value in choices,
+              f"unknown --{option} {value!r}: choose one of {', '.join(choices)}")
+    check(config.steps >= 1, f"--steps must be at least 1 (got {config.steps})")
+    check(config.batch_size >= 1, f"--batch-size must be at least 1 (got {config.batch_size})")
+    check(config.lr > 0 and math.isfinite(config.lr),
+          f"--lr must be a positive finite number (got {config.lr})")
+    check(config.timeout > 0 and math.isfinite(config.timeout),
+          f"--timeout must be a positive number of seconds (got {config.timeout})")
+    check(config.workers >= 1, f"--workers must be at least 1 (got {config.workers})")
+    strategy = REGISTRY[config.strategy]
+    if not strategy.parallel:
+        parallel = [n for n, s in REGISTRY.items() if s.parallel]
+        check(config.workers == 1, f"--strategy {config.strategy} runs on one worker (got "
+                                   f"--workers {config.workers}): use a parallel strategy "
+                                   f"({', '.join(parallel)}) for several")
+    else:
+        _check_shards(config, strategy, check)
+    allreduces = (*collectives.ALGORITHMS, gradient_sync.NATIVE)
+    check(config.allreduce in allreduces,
+          f"unknown --allreduce {config.allreduce!r}: choose one of {', '.join(allreduces)}")
+    check(config.bucket_kb > 0, f"--bucket-kb must be positive (got {config.bucket_kb})")
+    check(config.accumulation >= 1,
+          f"--accumulation must be at least 1 (got {config.accumulation})")
+    check(config.stages >= 0, f"--stages must be at least 1 (got {config.stages})")
+    _check_options(config, check)
+    check(config.checkpoint_every >= 0,
+          f"--checkpoint-every must be 0 (never) or more (got {config.checkpoint_every})")
+    check(config.checkpoint is not None or not (config.checkpoint_every or config.resume),
+          "--checkpoint-every and --resume need --checkpoint FILE: say where checkpoints go")
+    if strategy.check is not None:
+        strategy.check(config)
+
+
+def _check_shards(config: TrainConfig, strategy: Strategy, check) -> None:
+    k, b = config.workers, config.batch_size
+    if strategy.batch in (EQUAL, WEIGHTED):
+        check(b >= k, f"--batch-size {b} is smaller than --workers {k}: each worker "
+                      f"needs at least one sample, so use --batch-size of at least {k}")
+    if strategy.batch == EQUAL:
+        check(b % k == 0,
+              f"--batch-size {b} cannot be split evenly over --workers {k}, which "
+              f"{config.strategy} needs: use a multiple of {k}, e.g. {b - b % k or k} or "
+              f"{b - b % k + k}, or --strategy dp-manual, which weights uneven shards")
+    if config.backend == "nccl":
+        try:
+            launch.choose_backend(k, "nccl")
+        except ValueError as err:
+            raise ConfigError(str(err).replace("backend='nccl'", "--backend nccl")
+                              .replace("backend='gloo'", "--backend gloo")) from None
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Validate ``config`` and train with its strategy; rank 0's result."""
+    validate(config)
+    if resumable(config):
+        problem = checkpoint.compatible(checkpoint.read(config.checkpoint), asdict(config))
+        if problem:
+            raise ConfigError(f"--resume cannot continue from {config.checkpoint}: {problem}")
+    if config.dataset != "digits":  # a download happens once, here, not in every worker
+        datasets.load_dataset(config.dataset, seed=config.seed)
+    strategy = REGISTRY[config.strategy]
+    if strategy.prepare is not None:
+        config = strategy.prepare(config)
+    return strategy.run(config)
+
+
+def resumable(config: TrainConfig) -> bool:
+    """True when the run continues from an existing checkpoint."""
+    return bool(config.resume and config.checkpoint and os.path.exists(config.checkpoint))
