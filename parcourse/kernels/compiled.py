@@ -111,9 +111,12 @@ def compile_kernel(kernel, capability: int, *, args: dict, constexprs: dict,
 JOB_DEFAULTS = dict(num_warps=4, num_stages=3)
 
 
-def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled]:
+def compile_kernels(requests: list[dict], timeout: float = 900, *,
+                    failures: str = "raise") -> list[Compiled | str]:
     """:func:`compile_kernel` for each dict of its arguments (defaults as there), all in
-    one child process.
+    one child process. A configuration that does not compile raises ``RuntimeError``
+    (``failures="raise"``) or, with ``failures="keep"``, stands in the list as the
+    message that error would have had, and the others are still compiled.
 
     Why a child process: on a machine without a GPU this package runs kernels in Triton's
     interpreter, and Triton decides at import time that every ``@triton.jit`` function,
@@ -121,6 +124,8 @@ def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled
     cannot be compiled. The child imports Triton with ``TRITON_INTERPRET=0``, so it can.
     """
     require_compiler()
+    if failures not in ("raise", "keep"):
+        raise ValueError(f"failures must be 'raise' or 'keep', got {failures!r}")
     jobs = []
     for request in requests:
         request = {**JOB_DEFAULTS, **request}
@@ -138,7 +143,7 @@ def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled
         jobs.append(dict(kernel=[kernel.fn.__module__, kernel.fn.__name__], capability=capability,
                          signature=signature, constexprs=constants, divisible=divisible,
                          settings=request["constexprs"], num_warps=request["num_warps"],
-                         num_stages=request["num_stages"]))
+                         num_stages=request["num_stages"], keep_going=failures == "keep"))
     env = {**os.environ, "TRITON_INTERPRET": "0",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
     try:
@@ -154,15 +159,20 @@ def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled
         raise RuntimeError(f"the process compiling the kernels failed (exit status "
                            f"{child.returncode}):\n" + child.stderr[-3000:])
     results = json.loads(child.stdout.strip().splitlines()[-1])  # after anything a tool printed
+    built = []
     for job, result in zip(jobs, results):
         if "error" in result:
             module, name = job["kernel"]
             settings = ", ".join(f"{k}={v}" for k, v in job["settings"].items())
-            raise RuntimeError(f"compiling {module.rpartition('.')[2]}.{name} ({settings}; "
-                               f"num_warps={job['num_warps']}, num_stages={job['num_stages']}) for "
-                               f"compute capability {job['capability'] / 10:.1f} failed: "
-                               f"{result['error']}")
-    return [Compiled(**result) for result in results]
+            message = (f"compiling {module.rpartition('.')[2]}.{name} ({settings}; "
+                       f"num_warps={job['num_warps']}, num_stages={job['num_stages']}) for "
+                       f"compute capability {job['capability'] / 10:.1f} failed: {result['error']}")
+            if failures == "raise":
+                raise RuntimeError(message)
+            built.append(message)
+        else:
+            built.append(Compiled(**result))
+    return built
 
 
 def _compile_here(job: dict) -> dict:
@@ -278,9 +288,10 @@ def _run_jobs() -> None:
         for job in json.load(sys.stdin):
             try:
                 results.append(_compile_here(job))
-            except Exception as error:  # the compiler's message, for the parent to raise
+            except Exception as error:  # the compiler's message, for the parent to report
                 results.append({"error": f"{type(error).__name__}: {error}"})
-                break
+                if not job["keep_going"]:
+                    break
     print(json.dumps(results))
 
 
