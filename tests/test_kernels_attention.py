@@ -223,3 +223,17 @@ def test_measured_memory_is_what_the_algorithms_hold(causal):
     flash = attention_costs.peak_live_bytes(lambda: attention(q, k, v, causal=causal, block_m=64, block_n=64))
     assert naive == attention_costs.naive_extra_bytes(batch, heads, seq_len, 4, causal=causal) + out
     assert flash == attention_costs.flash_extra_bytes(batch, heads, seq_len) + out
+
+
+def test_the_gpu_benchmark_rows_print_as_one_line_each():
+    from parcourse.kernels import bench_attention
+
+    base = dict(batch=4, heads=16, seq_len=4096, head_dim=64, causal=True, dtype="float16")
+    rows = [{**base, "block_m": None, "block_n": None, "forward_tflops": 350.0, "backward_tflops": 200.0,
+             "max_abs_error": 0.0, "dq_max_abs_error": 0.0},
+            {**base, "block_m": 128, "block_n": 128, "error": "OutOfResources: out of resource: shared memory"}]
+    assert bench_attention.format_rows(None) == []
+    lines = bench_attention.format_rows(rows)
+    assert lines[1].split() == ["#", "4×16×4096×64", "causal", "float16", "torch", "SDPA", "350.0", "/",
+                                "200.0", "TFLOPS,", "max", "|ΔO|", "0.0e+00,", "|ΔdQ|", "0.0e+00"]
+    assert lines[2].endswith("Triton 128×128   error: OutOfResources: out of resource: shared memory")
