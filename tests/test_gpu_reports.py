@@ -7,7 +7,7 @@ pipeline-memory figures satisfy the assertions of their GPU test
 import pytest
 
 from parcourse.model_parallel import pipeline
-from parcourse.kernels import bench, devices, gpu_check, tiled_matmul, vecadd
+from parcourse.kernels import attention_costs, bench, devices, gpu_check, tiled_matmul, vecadd
 
 REPORTS = devices.stored_reports()
 CONTEXT = ("device", "compute_capability", "driver", "cuda", "torch", "triton", "python", "date")
@@ -55,6 +55,22 @@ def test_sweep_is_complete_and_every_configuration_was_right(report):
         assert r["tflops"] == pytest.approx(tiled_matmul.flops(r["n"], r["n"], r["n"]) / r["seconds"] / 1e12)
         assert r["max_abs_error"] <= 2 ** -2, r  # float16 results of size up to ~100: a few ulps
     assert {r["n"] for r in sweep["torch_matmul"]} == {r["n"] for r in sweep["matmul"]}
+
+
+@pytest.mark.parametrize("report", [r for r in REPORTS if r["bench"].get("attention")], ids=lambda r: r["file"])
+def test_attention_rows_follow_from_their_times_and_agree_with_sdpa(report):
+    rows = report["bench"]["attention"]
+    for r in rows:
+        if "error" in r:
+            continue  # a tile the GPU could not run, recorded with its message
+        size = (r["batch"], r["heads"], r["seq_len"], r["head_dim"])
+        assert r["forward_flops"] == attention_costs.flops(*size, causal=r["causal"])
+        assert r["backward_flops"] == attention_costs.flops(*size, causal=r["causal"], backward=True)
+        for step in ("forward", "backward"):
+            assert r[f"{step}_tflops"] == pytest.approx(r[f"{step}_flops"] / r[f"{step}_seconds"] / 1e12)
+        # float16 outputs are averages of values below ~5 (a float16 ulp there: 2⁻⁸), a few ulps
+        assert r["max_abs_error"] <= 2 ** -5 and r["dq_max_abs_error"] <= 2 ** -3, r
+    assert any(r["block_m"] is None for r in rows) and any(r["block_m"] for r in rows)
 
 
 @pytest.mark.parametrize("report", [r for r in REPORTS if r.get("pipeline_memory")], ids=lambda r: r["file"])

@@ -108,9 +108,19 @@ def test_pointers_are_specialized_as_tritons_runtime_does(dtype):
                 == native_specialize_impl(BaseBackend, view, False, True, True))
 
 
-def test_a_launch_argument_must_be_a_pointer_or_an_int():
-    with pytest.raises(TypeError, match=r"a launch argument is a Pointer or an int, got 2\.5"):
-        compiled.specialization(2.5)
+@needs_triton
+@pytest.mark.parametrize("value", [0.125, 1.0])
+def test_floats_are_specialized_as_tritons_runtime_does(value):
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import native_specialize_impl
+
+    assert compiled.specialization(value) == native_specialize_impl(BaseBackend, value, False, True, True)
+
+
+def test_a_launch_argument_must_be_a_pointer_an_int_or_a_float():
+    with pytest.raises(TypeError) as error:
+        compiled.specialization("2.5")
+    assert str(error.value) == "a launch argument is a Pointer, an int or a float, got '2.5'"
 
 
 def test_a_launch_of_contiguous_4096_matrices_makes_unit_strides_constants_and_the_rest_divisible():

@@ -83,3 +83,19 @@ def test_the_compiled_survey_predicts_the_kernel_that_a_launch_compiles(n, block
     launched._init_handles()  # loads the cubin: registers and local memory per thread
     assert launched.n_regs == predicted.registers
     assert launched.n_spills * 4 == predicted.stack_bytes  # Triton reports local bytes / 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_attention_on_the_gpu(dtype, causal):
+    # float16/bfloat16 outputs are averages of values below ~5: a few ulps (2⁻⁸, 2⁻⁵ there)
+    q, k, v, do = (rand(2, 4, 1000, 64, dtype=dtype, seed=s) for s in (10, 11, 12, 13))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = kernels.attention(q, k, v, causal=causal)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), do)
+    tol = dict(rtol=0, atol=2 ** -5 if dtype == torch.float16 else 2 ** -3)
+    torch.testing.assert_close(out, expected, **tol)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=4 * tol["atol"])

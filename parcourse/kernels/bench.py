@@ -23,7 +23,7 @@ import platform
 import torch
 
 from .. import roofline
-from . import _triton, devices, fused_softmax, layernorm, tiled_matmul, vecadd
+from . import _triton, bench_attention, devices, fused_softmax, layernorm, tiled_matmul, vecadd
 
 TARGETS = {  # name: (kernel, size label, what, threshold) — evaluated on an H100
     "vector add ≥ 80% of peak HBM bandwidth at 64M elements": ("vector_add", "67108864", "fraction", 0.8),
@@ -200,7 +200,7 @@ def run_cuda(quick: bool = False) -> dict:
     return {"device": name, "compute_capability": f"{cc[0]}.{cc[1]}",
             "datasheet": None if sheet is None else sheet.source, "quick": quick, "rows": rows,
             "targets": evaluate_targets(rows, name), "notes": notes,
-            "sweep": None if quick else sweep_cuda()}
+            "sweep": None if quick else sweep_cuda(), "attention": bench_attention.run_cuda(quick)}
 
 
 def evaluate_targets(rows: list[dict], device_name: str) -> list[dict]:
@@ -288,7 +288,7 @@ def format_report(result: dict) -> str:
                          f"{r['triton_seconds'] * 1e3:7.3f} ms {r['torch_seconds'] * 1e3:7.3f} ms "
                          f"{r['triton_gbs']:8.1f} {r['triton_tflops']:8.2f} "
                          f"{_fmt(r.get('peak_fraction'), '8.0%')} {r['ratio_to_torch']:7.2f}×")
-        for line in format_sweep(result.get("sweep")):
+        for line in format_sweep(result.get("sweep")) + bench_attention.format_rows(result.get("attention")):
             lines.append(line)
         for t in result["targets"]:
             verdict = {True: "met", False: "NOT met", None: f"not evaluated ({t['why_not_evaluated']})"}[t["met"]]

@@ -6,33 +6,16 @@ threads and warps), LLVM IR, PTX (NVIDIA's virtual instruction set), and finally
 *cubin* of machine code (SASS) assembled by ``ptxas`` for one compute capability. None of
 this needs a GPU: :func:`compile_kernel` asks ``triton.compile`` for a target such as
 compute capability 7.5 (a T4) and reads the cubin with ``cuobjdump``; both tools ship
-inside the Triton wheel. What comes out is what that GPU would execute:
+inside the Triton wheel. What comes out is what that GPU would execute: its
+registers per thread, spills to local memory, the unit that runs ``tl.dot`` (tensor cores
+or CUDA cores), the widest global load and the shared memory per program, counted by
+:mod:`parcourse.kernels.sass` (whose names this module re-exports: ``Compiled``,
+``format_rows``, ...).
 
-* **registers per thread.** An SM of compute capability 7.5, 8.0 or 9.0 has 65,536
-  32-bit registers and gives a thread at most 255 (CUDA C++ Programming Guide,
-  "Compute Capabilities"). A program of ``w`` warps using ``r`` registers per thread
-  takes ``32 w r`` of them (``r`` rounded up to a multiple of 8), so at most
-  ``65536 // (32 w r)`` programs fit on one SM at a time
-  (:attr:`Compiled.programs_per_sm_by_registers`);
-* **spills.** Values that do not fit in registers live in per-thread *local memory*
-  (cached DRAM): the cubin's stack frame holds them, and ``STL``/``LDL`` instructions
-  store and load them (:attr:`Compiled.stack_bytes`, :attr:`Compiled.spill_instructions`);
-* **which unit does the arithmetic of** ``tl.dot``: ``HGMMA`` (Hopper's warpgroup
-  matrix multiply-accumulate on the tensor cores, compute capability 9.0), ``HMMA``
-  (a warp's tensor-core matrix multiply-accumulate, 7.0 and newer), or ``FFMA`` (one
-  float32 fused multiply-add per thread on the ordinary CUDA cores);
-* **global loads**: the widest load from memory (16-bit, 32-bit, 128-bit), and whether
-  it is an asynchronous copy into shared memory (``LDGSTS``, which lets the pipeline
-  stages overlap loading with computing);
-* **shared memory** per program, in bytes (the pipeline stages' tiles of ``A`` and ``B``).
-
-**What a launch compiles.** A kernel is compiled for its arguments, not only its source:
-when it is launched, Triton's runtime looks at every argument (:func:`specialization`)
-and compiles a separate version where an integer equals 1 (it becomes a constant: a unit
-stride) or is a multiple of 16, and where a pointer is 16-byte aligned (fresh torch
-tensors are). Only then may the compiler assume the addresses line up for wide loads.
-A job therefore names its arguments' values (:class:`Pointer` for a tensor), and
-:func:`compile_kernels` specializes on them the way a launch would.
+**What a launch compiles.** A kernel is compiled for its arguments as well as its source
+(a unit stride becomes a constant, sizes divisible by 16 and aligned pointers allow wide
+loads): a job names its arguments' values, and :func:`compile_kernels` specializes on them
+the way a launch would (:mod:`parcourse.kernels.specialize`, re-exported here).
 
 The counts are *static*: instructions in the code, not instructions executed, and no
 timing. They explain measured times (a spilling tile, a GPU without a tensor-core path)
@@ -45,20 +28,20 @@ import contextlib
 import dataclasses
 import datetime
 import importlib
-import inspect
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import _triton
 from .devices import MEASUREMENTS, stored_reports
+from .sass import (COUNTED, MATH_UNITS, MAX_REGISTERS_PER_THREAD, REGISTER_GRANULE,  # noqa: F401
+                   REGISTERS_PER_SM, Compiled, count_instructions, format_rows,
+                   parse_resource_usage, widest_global_load)
+from .specialize import Pointer, launch_signature, specialization  # noqa: F401
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -66,136 +49,9 @@ if TYPE_CHECKING:
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder parcourse is imported from
 SURVEYS = MEASUREMENTS / "compiled"  # package data: surveys compiled by other Tritons
 TARGETS = {75: "T4 (Turing)", 80: "A100 (Ampere)", 90: "H100 (Hopper)"}
-REGISTERS_PER_SM = 65536
-MAX_REGISTERS_PER_THREAD = 255
-REGISTER_GRANULE = 8  # registers per thread are allocated in multiples of 8
-COUNTED = ("HGMMA", "HMMA", "FFMA", "LDL", "STL", "LDGSTS")
 SURVEY_N = 4096           # the matmul's size in the survey: the sweep's largest
 SURVEY_UNALIGNED_N = 1000  # and one the sweep measured that is not a multiple of 16
 SURVEY_ADD_N = 1 << 26     # the vector add's size: the benchmark's
-MATH_UNITS = (("HGMMA", "tensor cores, warpgroup (HGMMA)"), ("HMMA", "tensor cores (HMMA)"),
-              ("FFMA", "CUDA cores (FFMA)"))
-
-
-@dataclass(frozen=True)
-class Compiled:
-    """The cubin of one kernel configuration for one compute capability, as counted."""
-
-    capability: int
-    num_warps: int
-    registers: int
-    stack_bytes: int
-    shared_bytes: int
-    instructions: dict
-    load_bits: int  # the widest load from global memory (LDG or LDGSTS), in bits
-
-    @property
-    def spill_instructions(self) -> int:
-        """``STL`` + ``LDL`` in the code: stores to and loads from local memory."""
-        return self.instructions.get("STL", 0) + self.instructions.get("LDL", 0)
-
-    @property
-    def spills(self) -> bool:
-        return self.stack_bytes > 0 or self.spill_instructions > 0
-
-    @property
-    def math_unit(self) -> str:
-        """The fastest unit the code's multiply-adds use: tensor cores or CUDA cores."""
-        for opcode, unit in MATH_UNITS:
-            if self.instructions.get(opcode, 0):
-                return unit
-        return "none counted"
-
-    @property
-    def global_loads(self) -> str:
-        """The widest load from memory, e.g. ``"128-bit async"`` (``LDGSTS``: memory to
-        shared memory without passing through registers) or ``"16-bit"`` (``LDG``)."""
-        return f"{self.load_bits}-bit" + (" async" if self.instructions.get("LDGSTS", 0) else "")
-
-    @property
-    def programs_per_sm_by_registers(self) -> int:
-        """Programs that fit on one SM at once as far as registers go."""
-        per_thread = -(-self.registers // REGISTER_GRANULE) * REGISTER_GRANULE
-        return REGISTERS_PER_SM // (per_thread * 32 * self.num_warps)
-
-
-def parse_resource_usage(text: str) -> dict[str, int]:
-    """The ``NAME:value`` fields of ``cuobjdump --dump-resource-usage`` for the (one)
-    function in a cubin, e.g. ``{"REG": 128, "STACK": 0, ...}``."""
-    _, found, function = text.partition("Function ")
-    if not found:
-        raise ValueError(f"no function in cuobjdump's resource usage:\n{text}")
-    return {name: int(value) for name, value in re.findall(r"\b([A-Z_]+(?:\[\d+\])?):(\d+)", function)}
-
-
-def count_instructions(sass: str) -> dict[str, int]:
-    """How often each opcode of :data:`COUNTED` appears in ``cuobjdump -sass`` output
-    (modifiers such as ``HMMA.16816.F32`` count as their opcode)."""
-    counts = Counter(re.findall(r"\b(" + "|".join(COUNTED) + r")(?=[.\s])", sass))
-    return {opcode: counts.get(opcode, 0) for opcode in COUNTED}
-
-
-def widest_global_load(sass: str) -> int:
-    """Bits of the widest ``LDG``/``LDGSTS`` in ``cuobjdump -sass`` output: a ``.128``,
-    ``.64``, ``.U16``/``.S16`` or ``.U8``/``.S8`` modifier gives the width, none means
-    32 bits; 0 when the code loads nothing from global memory."""
-    widths = {"128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}
-    bits = [next((widths[m] for m in mnemonic.split(".")[1:] if m in widths), 32)
-            for mnemonic in re.findall(r"\b(LDGSTS(?:\.\w+)*|LDG(?:\.\w+)*)", sass)]
-    return max(bits, default=0)
-
-
-@dataclass(frozen=True)
-class Pointer:
-    """A tensor argument of a launch: its element type (``"fp16"``, ``"fp32"``) and
-    whether its address is a multiple of 16 bytes (true of a freshly allocated tensor;
-    a view that starts inside one, such as ``x[1:]``, may not be)."""
-
-    dtype: str
-    aligned: bool = True
-
-
-def specialization(value) -> tuple[str, object]:
-    """What Triton's runtime derives from one launch argument: ``(type, key)``.
-
-    * a :class:`Pointer`: ``("*fp16", "D")`` when 16-byte aligned, ``("*fp16", "")`` if not;
-    * an integer equal to 1: ``("constexpr", 1)``, compiled in as a constant;
-    * another integer: ``("i32", "D")`` when divisible by 16 (``"D"``: the compiler may
-      assume it), ``("i32", "")`` otherwise; ``i64`` outside the 32-bit range.
-    """
-    if isinstance(value, Pointer):
-        return f"*{value.dtype}", "D" if value.aligned else ""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"a launch argument is a Pointer or an int, got {value!r}")
-    if value == 1:
-        return "constexpr", 1
-    return ("i32" if -2**31 <= value < 2**31 else "i64"), "D" if value % 16 == 0 else ""
-
-
-def launch_signature(kernel, args: dict, constexprs: dict) -> tuple[dict, dict, list]:
-    """``(signature, constexprs, divisible)`` for ``triton.compile``, as a launch of
-    ``kernel`` with these argument values would specialize it; ``divisible`` lists the
-    positions of the arguments compiled with the assumption "divisible by 16"."""
-    names = list(inspect.signature(kernel.fn).parameters)
-    missing = [n for n in names if n not in args and n not in constexprs]
-    unknown = [n for n in {**args, **constexprs} if n not in names]
-    if missing or unknown:
-        raise ValueError(f"{kernel.fn.__name__} takes {', '.join(names)}: "
-                         + "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
-                                                       f"unknown {', '.join(unknown)}" if unknown else "")
-                                     if part))
-    signature, constants, divisible = {}, dict(constexprs), []
-    for position, name in enumerate(names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-            continue
-        kind, key = specialization(args[name])
-        signature[name] = kind
-        if kind == "constexpr":
-            constants[name] = key
-        elif key == "D":
-            divisible.append(position)
-    return signature, constants, divisible
 
 
 def require_compiler() -> None:
@@ -255,9 +111,12 @@ def compile_kernel(kernel, capability: int, *, args: dict, constexprs: dict,
 JOB_DEFAULTS = dict(num_warps=4, num_stages=3)
 
 
-def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled]:
+def compile_kernels(requests: list[dict], timeout: float = 900, *,
+                    failures: str = "raise") -> list[Compiled | str]:
     """:func:`compile_kernel` for each dict of its arguments (defaults as there), all in
-    one child process.
+    one child process. A configuration that does not compile raises ``RuntimeError``
+    (``failures="raise"``) or, with ``failures="keep"``, stands in the list as the
+    message that error would have had, and the others are still compiled.
 
     Why a child process: on a machine without a GPU this package runs kernels in Triton's
     interpreter, and Triton decides at import time that every ``@triton.jit`` function,
@@ -265,6 +124,8 @@ def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled
     cannot be compiled. The child imports Triton with ``TRITON_INTERPRET=0``, so it can.
     """
     require_compiler()
+    if failures not in ("raise", "keep"):
+        raise ValueError(f"failures must be 'raise' or 'keep', got {failures!r}")
     jobs = []
     for request in requests:
         request = {**JOB_DEFAULTS, **request}
@@ -282,7 +143,7 @@ def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled
         jobs.append(dict(kernel=[kernel.fn.__module__, kernel.fn.__name__], capability=capability,
                          signature=signature, constexprs=constants, divisible=divisible,
                          settings=request["constexprs"], num_warps=request["num_warps"],
-                         num_stages=request["num_stages"]))
+                         num_stages=request["num_stages"], keep_going=failures == "keep"))
     env = {**os.environ, "TRITON_INTERPRET": "0",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
     try:
@@ -298,15 +159,20 @@ def compile_kernels(requests: list[dict], timeout: float = 900) -> list[Compiled
         raise RuntimeError(f"the process compiling the kernels failed (exit status "
                            f"{child.returncode}):\n" + child.stderr[-3000:])
     results = json.loads(child.stdout.strip().splitlines()[-1])  # after anything a tool printed
+    built = []
     for job, result in zip(jobs, results):
         if "error" in result:
             module, name = job["kernel"]
             settings = ", ".join(f"{k}={v}" for k, v in job["settings"].items())
-            raise RuntimeError(f"compiling {module.rpartition('.')[2]}.{name} ({settings}; "
-                               f"num_warps={job['num_warps']}, num_stages={job['num_stages']}) for "
-                               f"compute capability {job['capability'] / 10:.1f} failed: "
-                               f"{result['error']}")
-    return [Compiled(**result) for result in results]
+            message = (f"compiling {module.rpartition('.')[2]}.{name} ({settings}; "
+                       f"num_warps={job['num_warps']}, num_stages={job['num_stages']}) for "
+                       f"compute capability {job['capability'] / 10:.1f} failed: {result['error']}")
+            if failures == "raise":
+                raise RuntimeError(message)
+            built.append(message)
+        else:
+            built.append(Compiled(**result))
+    return built
 
 
 def _compile_here(job: dict) -> dict:
@@ -353,18 +219,6 @@ def add_job(capability: int, block: int, n: int) -> dict:
 
     args = dict(x_ptr=Pointer("fp32"), y_ptr=Pointer("fp32"), z_ptr=Pointer("fp32"), n=n)
     return dict(kernel=vecadd.add_kernel, capability=capability, args=args, constexprs={"BLOCK": block})
-
-
-def format_rows(rows: list[tuple[str, Compiled]]) -> list[str]:
-    """One line per ``(label, compiled)``: unit of ``tl.dot``, registers, spills, loads,
-    shared memory."""
-    lines = [f"# {'':28s} {'tl.dot runs on':31s} {'regs':>4s} {'stack B':>7s} {'STL+LDL':>7s} "
-             f"{'widest load':>12s} {'smem KiB':>8s} {'programs/SM by regs':>19s}"]
-    for label, c in rows:
-        lines.append(f"  {label:28s} {c.math_unit:31s} {c.registers:4d} {c.stack_bytes:7d} "
-                     f"{c.spill_instructions:7d} {c.global_loads:>12s} {c.shared_bytes / 1024:8.0f} "
-                     f"{c.programs_per_sm_by_registers:19d}")
-    return lines
 
 
 def survey_jobs() -> dict[str, dict]:
@@ -434,9 +288,10 @@ def _run_jobs() -> None:
         for job in json.load(sys.stdin):
             try:
                 results.append(_compile_here(job))
-            except Exception as error:  # the compiler's message, for the parent to raise
+            except Exception as error:  # the compiler's message, for the parent to report
                 results.append({"error": f"{type(error).__name__}: {error}"})
-                break
+                if not job["keep_going"]:
+                    break
     print(json.dumps(results))
 
 
