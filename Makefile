@@ -1,6 +1,7 @@
 # Two commands from a fresh clone:
 #   make book   build the static site into _build/html (executes every notebook)
 #   make test   unit tests, every notebook under nbmake, and the book with warnings as errors
+#   make check  the fast loop: the in-process unit tests only (tests/unit/)
 # Both create the virtual environment .venv by themselves (the first time, ~5 minutes:
 # Horovod 0.28.1 is compiled from source with a two-line C++17 patch, see scripts/).
 #
@@ -16,7 +17,7 @@ STAMP       := $(VENV)/.installed
 MERMAID     := $(VENV)/share/parcourse/mermaid/VERSION
 TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: book test venv clean browser gpu-check
+.PHONY: book test check venv clean browser gpu-check
 
 venv: $(STAMP) $(MERMAID)
 
@@ -38,6 +39,11 @@ book: $(STAMP) $(MERMAID)
 
 test: $(STAMP) $(MERMAID) browser
 	$(BIN)/python -m pytest
+
+# The fast loop: the unit tests, in this process only (no workers, no book), in well
+# under two minutes. `make test` runs them too, with everything else.
+check: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -m "not distributed" -q
 
 # The real-browser test drives Debian's Chromium (never a downloaded browser). As root
 # with apt-get it is installed here; elsewhere install it yourself, or that test skips.

@@ -11,6 +11,15 @@ import torch
 from parcourse import compare
 
 ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"unit": "unit", "distributed": "distributed", "site": "site"}  # folder → marker
+
+
+def pytest_collection_modifyitems(items):
+    """Mark each test by its folder: ``-m unit``, ``-m distributed``, ``-m site``."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in FOLDERS:
+            item.add_marker(FOLDERS[folder])
 HTML = ROOT / "_build" / "html"
 # The runs that prove a strategy equal to --strategy single: float64, so that the
 # tolerance has a reason (parcourse.compare.FLOAT64_TOLERANCE) and holds on any machine.

@@ -55,8 +55,8 @@ NO_GPU = ("make gpu-check: no CUDA GPU visible to torch on this machine, so ther
 NOTEBOOK_TIMEOUT = 240  # seconds per notebook cell (nbmake's limit)
 NOTEBOOK_STEP_LIMIT = 900  # seconds for all the notebooks
 # The test files with GPU tests (pytest.mark.gpu): named, so that collecting them needs
-# nothing beyond the package (tests/test_widgets.py, for one, imports Sphinx).
-GPU_TESTS = ("tests/test_kernels_gpu.py", "tests/test_pipeline_memory.py")
+# nothing beyond the package (tests/unit/test_widgets.py, for one, imports Sphinx).
+GPU_TESTS = ("tests/unit/test_kernels_gpu.py", "tests/unit/test_pipeline_memory.py")
 OUTCOMES = "PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS"
 OUTCOME_FIRST = re.compile(rf"\b({OUTCOMES}) (\S+::\S+)")  # pytest -v under xdist
 OUTCOME_LAST = re.compile(rf"^(\S+::\S+) ({OUTCOMES})\b")  # pytest -v alone

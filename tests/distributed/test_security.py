@@ -17,13 +17,13 @@ import psutil
 import pytest
 import torch
 
-import security_workers as w
+from workers import security_workers as w
 from parcourse import checkpoint, launch, loopback
 from parcourse.errors import CheckpointError, ConfigError
 from parcourse.models import build_model
 from parcourse.training import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = TrainConfig(steps=6, batch_size=32, optimizer="adam", lr=0.002, seed=5, quiet=True)
 HOLDS = "a checkpoint holds only tensors, dicts, lists, numbers and strings"
 
@@ -336,7 +336,7 @@ def test_a_file_with_the_pinned_hash_passes(tmp_path):
 def test_horovod_run_listens_on_loopback_only(monkeypatch):
     """horovod.run's own HTTP servers (rendezvous, results) and its workers' Gloo."""
     pytest.importorskip("horovod.torch", reason="Horovod is not installed")
-    here = str(Path(__file__).parent)  # the workers import security_workers from here
+    here = str(Path(__file__).parents[1])  # the workers import workers.security_workers
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
     found = loopback.horovod_run(w.horovod_listening_sockets, (os.getpid(),), 2)[0]
     assert {pid for pid, _, _ in found} >= {os.getpid()}  # the HTTP servers are here

@@ -15,7 +15,7 @@ import pytest
 from parcourse.model_parallel import activation_memory as pipeline_memory
 from parcourse.kernels import bench, compiled, devices
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUILT_FROM = ("pyproject.toml", "README.md", "requirements.txt", "requirements-dev.txt")
 
 # What the chapter does with what is stored (book/05_practice/gpu_kernels.ipynb and

@@ -26,6 +26,7 @@ def test_tensor_bytes_counts_element_sizes():
     assert memory.tensor_bytes([]) == 0
 
 
+@pytest.mark.distributed
 def test_ddp_replicates_everything_and_zero_1_shards_the_optimizer_state():
     measured = memory.measure_per_device(["simple", "complex"], 2, verbose=False)
     assert list(measured) == ["simple", "complex"]

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-import model_parallel_workers as w
+from workers import model_parallel_workers as w
 from parcourse import launch
 from parcourse.model_parallel import partition, pipeline
 from parcourse.errors import ConfigError
@@ -114,6 +114,7 @@ def test_more_stages_than_layers_is_refused():
                                 "fewer")
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("schedule_name", pipeline.SCHEDULES)
 @pytest.mark.parametrize("stages", [2, 3])
 def test_gradients_equal_torch_pipelining_and_the_unsplit_model(schedule_name, stages):
@@ -142,6 +143,7 @@ def recorded():
             for name in pipeline.SCHEDULES}
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("name", pipeline.SCHEDULES)
 def test_the_recorded_timeline_follows_the_data_dependencies(recorded, name):
     result = recorded[name]

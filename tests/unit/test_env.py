@@ -1,5 +1,6 @@
 """Tests of parcourse.env: the machine report of chapter 7."""
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -7,6 +8,7 @@ from parcourse import env
 from parcourse.launch import available_cores
 
 
+@pytest.mark.distributed
 def test_report_matches_what_torch_says():
     info = env.report()
     assert info["torch"] == torch.__version__
@@ -34,6 +36,7 @@ def test_describe_names_cores_processor_and_torch():
     assert f"torch {torch.__version__}" in line
 
 
+@pytest.mark.distributed
 def test_as_markdown_has_one_row_per_entry():
     info = {"a": True, "b": False, "c": [], "d": ["x", "y"], "e": None, "f": "p|q"}
     table = env.as_markdown(info).splitlines()

@@ -183,6 +183,7 @@ def test_interpreter_rejects_gpu_tensors_and_compiled_kernels_reject_cpu_tensors
         kernels.vector_add(torch.ones(3), torch.ones(3))
 
 
+@pytest.mark.distributed
 def test_without_triton_the_package_imports_and_a_kernel_says_how_to_install_it():
     script = ("import sys; sys.modules['triton'] = None\n"  # makes `import triton` fail
               "import torch, parcourse.kernels as k\n"

@@ -4,8 +4,8 @@ forward and backward, and move the bytes the Megatron analysis predicts."""
 import pytest
 import torch
 
-import model_parallel_workers as w
-from model_parallel_workers import upstream_gradient
+from workers import model_parallel_workers as w
+from workers.model_parallel_workers import upstream_gradient
 from parcourse import launch
 from parcourse.model_parallel import tensor as tensor_parallel
 from parcourse.errors import ConfigError

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import collective_workers as w
+from workers import collective_workers as w
 from parcourse import compare, launch
 from parcourse.training import TrainConfig, train
 

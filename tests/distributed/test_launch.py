@@ -13,7 +13,7 @@ import psutil
 import pytest
 import torch
 
-import launch_workers as w
+from workers import launch_workers as w
 from parcourse import launch
 
 
@@ -111,8 +111,8 @@ def test_two_runs_in_a_row_and_two_at_once():
 def test_workers_die_with_a_killed_parent(tmp_path):
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
-        import launch_workers
+        sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
+        from workers import launch_workers
         from parcourse import launch
         if __name__ == "__main__":
             launch.run(launch_workers.report_pid_then_hang, 2, args=({str(tmp_path)!r},),
@@ -139,8 +139,8 @@ def test_finished_workers_exit_cleanly():
     # terminate(): no leaked-semaphore warning from the resource tracker
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
-        import launch_workers
+        sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
+        from workers import launch_workers
         from parcourse import launch
         if __name__ == "__main__":
             print(launch.run(launch_workers.make_a_semaphore, 2, verbose=False))

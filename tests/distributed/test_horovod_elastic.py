@@ -12,7 +12,7 @@ import torch
 from parcourse import compare
 from parcourse.data_parallel.horovod import horovod_available
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOROVODRUN = Path(sys.executable).with_name("horovodrun")
 ARGS = ["train", "--model", "complex", "--steps", "40", "--batch-size", "64", "--seed", "4",
         "--lr", "0.05", "--dtype", "float64"]  # float64: equal to 1e-10 on any machine

@@ -14,7 +14,7 @@ import pytest
 from parcourse import widgets
 
 matplotlib.use("Agg")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 import offline_js  # noqa: E402  (the book's Sphinx extension)
 

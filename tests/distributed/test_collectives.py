@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import collective_workers as w
+from workers import collective_workers as w
 from parcourse import collectives, launch
 
 

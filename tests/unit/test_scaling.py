@@ -129,6 +129,7 @@ def test_speedup_map_needs_at_least_two_workers(workers):
         scaling.measure_speedup_map(workers=workers)
 
 
+@pytest.mark.distributed
 def test_speedup_map_end_to_end():
     threads = torch.get_num_threads()
     result = scaling.measure_speedup_map(hiddens=(8, 32), batches=(4, 16), workers=2, steps=1,

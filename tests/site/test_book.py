@@ -16,7 +16,7 @@ import yaml
 
 from book_pages import NOTEBOOK_PAGES, SPECIAL_PAGES, TOC_PAGES, built_pages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 PAGES = [entry["file"] for part in TOC["parts"] for entry in part["chapters"]]

@@ -28,7 +28,7 @@ from book_pages import SPECIAL_PAGES, TOC, TOC_PAGES
 from parcourse import perf, widgets
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAKE_AMD_LOADER = ("window.define = function () { window.amdDefines = (window.amdDefines || 0)"
                    " + 1; }; window.define.amd = {};")  # what require.js puts on a page
 

@@ -16,7 +16,7 @@ import torch
 from parcourse import checkpoint, compare
 from parcourse.training import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # float64: a resumed run under another strategy equals the uninterrupted one to
 # parcourse.compare.FLOAT64_TOLERANCE on any machine (see tests/test_cli.py)

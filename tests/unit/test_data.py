@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from parcourse import data
+from parcourse.errors import DataUnavailableError
 
 
 def test_digits_are_28_by_28_images_in_the_unit_range():
@@ -103,9 +104,12 @@ def test_mnist_offline_points_to_digits(tmp_path, monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(data.urllib.request, "urlretrieve", no_network)
-    with pytest.raises(RuntimeError, match=r"use load_dataset\('digits'\), which ships with "
-                                           r"scikit-learn and needs no network"):
+    with pytest.raises(DataUnavailableError) as error:
         data.load_dataset("mnist", root=tmp_path)
+    assert str(error.value) == (f"MNIST could not be downloaded from {data.MNIST_URL} (network "
+                                f"unreachable): use --dataset digits, which ships with "
+                                f"scikit-learn and needs no network, or put the four MNIST .gz "
+                                f"files in {tmp_path}")
 
 
 def test_mnist_loads_from_files_already_there(tmp_path):
