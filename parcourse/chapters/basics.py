@@ -103,25 +103,6 @@ def task_worker(rank: int, world_size: int, x: torch.Tensor) -> dict:
     return {name: TASKS[name](x) for name in assigned_tasks(rank, world_size)}
 
 
-def largest_difference(a, b) -> float:
-    """Largest absolute difference between two results of the same shape (numbers,
-    lists or dicts of them, nested): 0.0 when they are identical.
-
-    A worker may use fewer torch threads than the notebook, and a reduction split over a
-    different number of threads adds in a different order, so float results can differ
-    in their last bits.
-    """
-    if isinstance(a, dict):
-        if a.keys() != b.keys():
-            raise ValueError(f"the results have different keys: {sorted(a)} and {sorted(b)}")
-        return max((largest_difference(a[k], b[k]) for k in a), default=0.0)
-    if isinstance(a, (list, tuple)):
-        if len(a) != len(b):
-            raise ValueError(f"the results have different lengths: {len(a)} and {len(b)}")
-        return max((largest_difference(u, v) for u, v in zip(a, b)), default=0.0)
-    return abs(float(a) - float(b))
-
-
 def parallel_tasks(x: torch.Tensor, world_size: int, backend: str = "auto",
                    verbose: bool = True) -> tuple[dict, dict]:
     """Run :data:`TASKS` spread over ``world_size`` workers.

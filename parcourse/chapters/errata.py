@@ -111,7 +111,3 @@ def averaged_stage_losses_backward(model: nn.Sequential, x: torch.Tensor, y: tor
     (sum(stage_losses) / len(stage_losses)).backward()
     return _gradients(model)
 
-
-def largest_relative_difference(a: dict, b: dict) -> float:
-    """``max over parameters of ‖a − b‖ / ‖b‖``: 0 when the gradients agree."""
-    return max(((a[k] - b[k]).norm() / b[k].norm()).item() for k in b)
