@@ -78,7 +78,7 @@ def _segments(chunk: torch.Tensor) -> list[torch.Tensor]:
     return list(torch.split(chunk, per_segment)) if chunk.numel() else [chunk]
 
 
-def _ring_step(outgoing: torch.Tensor, incoming: torch.Tensor, buffer: torch.Tensor,
+def ring_step(outgoing: torch.Tensor, incoming: torch.Tensor, buffer: torch.Tensor,
                right: int, left: int, accumulate: bool) -> None:
     """Send ``outgoing`` right while receiving ``incoming`` from the left, segment by segment.
 
@@ -111,11 +111,11 @@ def ring_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     buffer = _scratch(chunks[0].numel(), flat.dtype, flat.device)
     # reduce-scatter: after step s, rank r has summed s + 2 contributions into chunk r − s − 1
     for step in range(world_size - 1):
-        _ring_step(chunks[(rank - step) % world_size], chunks[(rank - step - 1) % world_size],
+        ring_step(chunks[(rank - step) % world_size], chunks[(rank - step - 1) % world_size],
                    buffer, right, left, accumulate=True)
     # all-gather: rank r now owns the finished chunk r + 1 and passes finished chunks on
     for step in range(world_size - 1):
-        _ring_step(chunks[(rank + 1 - step) % world_size], chunks[(rank - step) % world_size],
+        ring_step(chunks[(rank + 1 - step) % world_size], chunks[(rank - step) % world_size],
                    buffer, right, left, accumulate=False)
     if flat.data_ptr() != tensor.data_ptr():
         tensor.copy_(flat.view_as(tensor))

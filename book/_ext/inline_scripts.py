@@ -15,7 +15,7 @@ twice too, harmlessly.
 When writing starts (``write-started``, Sphinx >= 7.3), after every extension has
 registered its scripts, this extension rebuilds the builder's list of scripts from the
 registry with ``init_js_files``, which names every inline script ``''``: the re-adding in
-``prepare_writing`` then finds each of them already there. ``tests/test_site_browser.py``
+``prepare_writing`` then finds each of them already there. ``tests/site/test_site_browser.py``
 opens every page of the built book and fails on any console error.
 """
 

@@ -11,7 +11,7 @@ The training still works — it just no longer computes what one process compute
 :func:`first_update_ratio` shows the mechanism in plain PyTorch (no Horovod needed);
 :func:`measure_broadcast_pitfall` shows it in real Horovod processes: the step counter
 after the call, and the parameters after training with and without the call, to compare
-with the single-process run. :mod:`parcourse.horovod_dp` therefore calls
+with the single-process run. :mod:`parcourse.data_parallel.horovod` therefore calls
 ``broadcast_optimizer_state`` only when there is state to copy (a resumed run).
 """
 

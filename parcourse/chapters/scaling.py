@@ -229,7 +229,7 @@ def fit_compute_constant(times: dict, per_worker: int = 1) -> float:
     """Fit c in t = c · (B / per_worker) · P to ``{(hidden, B): seconds}``.
 
     Least squares on the relative error (each point weighted by 1/t, as in
-    :func:`parcourse.bench_allreduce.fit_alpha_beta`): c = Σ(x/t) / Σ(x/t)² with
+    :func:`parcourse.bench.allreduce.fit_alpha_beta`): c = Σ(x/t) / Σ(x/t)² with
     x = B·P/per_worker. Exact times c·x give back c.
     """
     ratios = np.array([b * parameter_count(h) / per_worker / t for (h, b), t in times.items()])

@@ -43,7 +43,7 @@ T4_NOTE = ("compute capability {cc}: recent Triton gives tl.dot no tensor-core p
            "tensor-core one that torch.matmul (cuBLAS) uses.")
 
 
-def _cases(device: str, quick: bool) -> list[tuple]:
+def cases(device: str, quick: bool) -> list[tuple]:
     """(kernel, shape, dtype) to run: small on CPU and in quick mode, target sizes on a GPU."""
     f32, f16 = torch.float32, torch.float16
     if device == "cuda":
@@ -156,7 +156,7 @@ def run_cpu(quick: bool = False) -> dict:
     """Torch ops on this CPU against its measured roofline (+ one interpreter timing)."""
     cpu = roofline.measure_cpu(quick=quick)
     rows = []
-    for kernel, shape, dtype in _cases("cpu", quick):
+    for kernel, shape, dtype in cases("cpu", quick):
         _, torch_op, flops, nbytes = _problem(kernel, shape, dtype, "cpu")
         seconds = roofline.best_seconds(torch_op, repeats=3 if quick else 5)
         row = _row(kernel, shape, dtype, flops, nbytes)
@@ -180,7 +180,7 @@ def run_cuda(quick: bool = False) -> dict:
     cc = torch.cuda.get_device_capability()
     sheet = devices.datasheet_for(name)
     rows = []
-    for kernel, shape, dtype in _cases("cuda", quick):
+    for kernel, shape, dtype in cases("cuda", quick):
         triton_op, torch_op, flops, nbytes = _problem(kernel, shape, dtype, "cuda")
         error = (triton_op().float() - torch_op().float()).abs().max().item()  # also compiles
         t_triton, t_torch = gpu_seconds(triton_op), gpu_seconds(torch_op)

@@ -3,13 +3,13 @@
 
 Between the forward pass F_m of micro-batch m and its backward pass B_m, a stage keeps
 what autograd saved for B_m: the activations of its layers for that micro-batch, plus the
-tensor it received from the stage before. :func:`parcourse.pipeline.peak_in_flight`
+tensor it received from the stage before. :func:`parcourse.model_parallel.pipeline.peak_in_flight`
 counts how many micro-batches are alive at once (GPipe: M; 1F1B: at most P − s). This
 module measures the bytes, on a CUDA GPU, with ``torch.cuda.max_memory_allocated``:
 
 * :func:`replay` runs one stage's list of actions alone, in order. What the other stages
   would send, the activation received before F_m and the gradient received before B_m,
-  is drawn at random with the boundary shapes (:func:`parcourse.partition.boundary_shapes`),
+  is drawn at random with the boundary shapes (:func:`parcourse.model_parallel.partition.boundary_shapes`),
   at the moment it would arrive; the last stage computes its share of the loss instead.
 * :func:`stage_peak` replays once to create the gradient buffers and warm up the
   libraries, then again, and reports the peak allocated *above* what was held before
@@ -17,7 +17,7 @@ module measures the bytes, on a CUDA GPU, with ``torch.cuda.max_memory_allocated
 
 Prediction: peak ≈ (micro-batches in flight) × (bytes per micro-batch), plus the
 transient buffers of one backward pass. The stage's time is not measured here (see
-:mod:`parcourse.bench_pipeline`); only memory, which depends on the order of the actions
+:mod:`parcourse.bench.pipeline`); only memory, which depends on the order of the actions
 alone, so one device can replay each stage in turn.
 """
 
@@ -31,8 +31,8 @@ from . import partition as partitioning
 from . import pipeline
 from ..models import IMAGE_SHAPE, NUM_CLASSES, build_model
 
-NO_CUDA = ("parcourse.pipeline_memory measures with torch.cuda.max_memory_allocated, which needs "
-           "a CUDA GPU; on a CPU, parcourse.pipeline.peak_in_flight counts the micro-batches "
+NO_CUDA = ("parcourse.model_parallel.activation_memory measures with torch.cuda.max_memory_allocated, which needs "
+           "a CUDA GPU; on a CPU, parcourse.model_parallel.pipeline.peak_in_flight counts the micro-batches "
            "held instead of their bytes")
 
 

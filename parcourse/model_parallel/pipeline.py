@@ -1,7 +1,7 @@
 """Pipeline parallelism: GPipe and 1F1B schedules, run for real, with a recorded timeline
 (chapters 3, 4 and 5, model parallelism).
 
-A model cut into P stages (see :mod:`parcourse.partition`) runs one stage per worker.
+A model cut into P stages (see :mod:`parcourse.model_parallel.partition`) runs one stage per worker.
 The global batch is cut into M equal micro-batches; a *schedule* says in which order a
 stage runs the forward (F) and backward (B) passes of its micro-batches:
 

@@ -1,13 +1,13 @@
 """Pipeline timelines: the ideal one a schedule implies, and Gantt charts of recorded ones
 (chapter 5, "Model parallelism in practice").
 
-:func:`simulate` plays a schedule of :mod:`parcourse.pipeline` with fixed times: a
+:func:`simulate` plays a schedule of :mod:`parcourse.model_parallel.pipeline` with fixed times: a
 forward takes ``forward``, a backward ``backward``, a message between neighbouring
 stages ``link``. Stage s runs its actions in order; F_m may start once stage s is free
 and F_m of stage s−1 has arrived; B_m once stage s is free and B_m of stage s+1 has
 arrived (the last stage: once its own F_m is done). With ``link = 0`` its bubble is
 exactly (P − 1)/(M + P − 1) for GPipe and 1F1B alike; the real timeline recorded by
-:class:`parcourse.pipeline.PipelineStage` is drawn with the same :func:`plot`.
+:class:`parcourse.model_parallel.pipeline.PipelineStage` is drawn with the same :func:`plot`.
 """
 
 from __future__ import annotations

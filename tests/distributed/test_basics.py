@@ -1,4 +1,4 @@
-"""Tests of parcourse.basics: each parallel program equals its serial reference (chapter 2)."""
+"""Tests of parcourse.chapters.basics: each parallel program equals its serial reference (chapter 2)."""
 
 import pytest
 import torch

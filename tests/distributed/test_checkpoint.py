@@ -19,7 +19,7 @@ from parcourse.training import TrainConfig, train
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # float64: a resumed run under another strategy equals the uninterrupted one to
-# parcourse.compare.FLOAT64_TOLERANCE on any machine (see tests/test_cli.py)
+# parcourse.compare.FLOAT64_TOLERANCE on any machine (see tests/distributed/test_cli.py)
 BASE = TrainConfig(steps=20, batch_size=32, optimizer="adam", lr=0.002, seed=5, quiet=True,
                    dtype="float64")
 

@@ -1,4 +1,4 @@
-"""Tests of parcourse.hybrid: a replicas × 2 grid trains exactly like one process (chapter 2)."""
+"""Tests of parcourse.chapters.hybrid: a replicas × 2 grid trains exactly like one process (chapter 2)."""
 
 import pytest
 import torch

@@ -90,7 +90,7 @@ def test_report_slug_and_datasheets():
 
 def test_gpu_check_names_every_test_file_with_gpu_tests():
     gpu_marker = re.compile(r"^(@pytest\.mark\.gpu$|pytestmark = .*\bpytest\.mark\.gpu\b)", re.M)
-    marked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+    marked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("**/test_*.py")
                     if gpu_marker.search(p.read_text()))
     assert sorted(gpu_check.GPU_TESTS) == marked
 

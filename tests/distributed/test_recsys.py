@@ -1,4 +1,4 @@
-"""Tests of parcourse.recsys: a row-sharded embedding equals nn.Embedding (chapter 6)."""
+"""Tests of parcourse.chapters.recsys: a row-sharded embedding equals nn.Embedding (chapter 6)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""parcourse.tensor_parallel: column- and row-parallel layers equal the unsplit layers,
+"""parcourse.model_parallel.tensor: column- and row-parallel layers equal the unsplit layers,
 forward and backward, and move the bytes the Megatron analysis predicts."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Tests of parcourse.video: the GOP-parallel encoding equals the serial one (chapter 6)."""
+"""Tests of parcourse.chapters.video: the GOP-parallel encoding equals the serial one (chapter 6)."""
 
 import numpy as np
 import pytest

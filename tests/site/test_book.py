@@ -3,7 +3,7 @@ the same install cell, the site builds with Sphinx warnings treated as errors, a
 notebook page links to its notebook on Colab and Binder and for download.
 
 The build itself runs once per test run (the ``book_build`` fixture in conftest.py);
-tests/test_site_browser.py opens its pages in a real browser."""
+tests/site/test_site_browser.py opens its pages in a real browser."""
 
 import json
 import re
@@ -110,7 +110,7 @@ def test_requirements_never_pin_torch_exactly():
 def test_book_builds_with_warnings_as_errors(book_build):
     done = book_build
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
-    # every page of _toc.yml is built, and nothing else (tests/test_site_browser.py opens
+    # every page of _toc.yml is built, and nothing else (tests/site/test_site_browser.py opens
     # the pages of _toc.yml, so it sees the whole site)
     assert sorted(built_pages(ROOT / "_build/html")) == sorted(TOC_PAGES + SPECIAL_PAGES)
     chapter = (ROOT / "_build/html/book/03_algorithms/algorithms.html").read_text()

@@ -1,4 +1,4 @@
-"""Tests of parcourse.errata: the source's formulas against the correct ones (appendix)."""
+"""Tests of parcourse.chapters.errata: the source's formulas against the correct ones (appendix)."""
 
 import pytest
 import torch

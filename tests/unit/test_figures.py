@@ -1,4 +1,4 @@
-"""Tests of parcourse.figures: the source's concept diagram, drawn without a diagram service."""
+"""Tests of parcourse.chapters.figures: the source's concept diagram, drawn without a diagram service."""
 
 import matplotlib
 import pytest

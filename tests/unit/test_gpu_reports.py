@@ -2,7 +2,7 @@
 gpu-check on a GPU) is checked here, on CPU: its figures agree with its times, its targets
 with its figures, its sweep is complete and was checked against torch, and its
 pipeline-memory figures satisfy the assertions of their GPU test
-(tests/test_pipeline_memory.py)."""
+(tests/unit/test_pipeline_memory.py)."""
 
 import pytest
 

@@ -1,8 +1,8 @@
 """The kernels compiled for a real CUDA GPU (pytest -m gpu; make gpu-check runs them).
 
 Skipped on a machine without one: there the same kernels are tested in Triton's
-interpreter (tests/test_kernels.py). Sizes are large enough to launch thousands of
-programs and not multiples of the blocks. Tolerances as in tests/test_kernels.py; the
+interpreter (tests/unit/test_kernels.py). Sizes are large enough to launch thousands of
+programs and not multiples of the blocks. Tolerances as in tests/unit/test_kernels.py; the
 float16 matmul with K = 1000 sums in float32 on the GPU, and its entries have size ≈ √K ≈ 32,
 where a float16 ulp is 2⁻⁵: rtol 1e-2.
 """
@@ -16,7 +16,7 @@ from parcourse.kernels import compiled, tiled_matmul
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not (kernels.AVAILABLE and kernels.DEVICE == "cuda"),
     reason="needs a CUDA GPU and Triton: these tests compile the kernels for the GPU "
-           "(on a CPU the interpreter tests in tests/test_kernels.py run instead)")]
+           "(on a CPU the interpreter tests in tests/unit/test_kernels.py run instead)")]
 
 
 def rand(*shape, dtype=torch.float32, seed=0):

@@ -1,4 +1,4 @@
-"""Tests of parcourse.memory: per-device training state under DDP and ZeRO (chapter 8)."""
+"""Tests of parcourse.chapters.memory: per-device training state under DDP and ZeRO (chapter 8)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""parcourse.pipeline and parcourse.partition: schedules, timelines, and gradients equal to
+"""parcourse.model_parallel.pipeline and parcourse.model_parallel.partition: schedules, timelines, and gradients equal to
 the unsplit model's and to torch.distributed.pipelining's."""
 
 import itertools

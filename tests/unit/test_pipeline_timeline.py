@@ -1,4 +1,4 @@
-"""parcourse.pipeline_timeline: the ideal timeline of each schedule."""
+"""parcourse.model_parallel.timeline: the ideal timeline of each schedule."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""parcourse.scaling: the MLP family, the data-parallel cost model, and the measured map."""
+"""parcourse.chapters.scaling: the MLP family, the data-parallel cost model, and the measured map."""
 
 import math
 

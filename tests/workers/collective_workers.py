@@ -1,4 +1,4 @@
-"""Worker functions for tests/test_collectives.py (spawned workers must import them)."""
+"""Worker functions for tests/distributed/test_collectives.py (spawned workers must import them)."""
 
 import torch
 import torch.distributed as dist

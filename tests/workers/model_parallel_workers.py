@@ -1,4 +1,4 @@
-"""Worker functions for tests/test_pipeline.py and tests/test_tensor_parallel.py
+"""Worker functions for tests/unit/test_pipeline.py and tests/distributed/test_tensor_parallel.py
 (spawned workers must import them)."""
 
 import time

@@ -1,4 +1,4 @@
-"""Worker functions for tests/test_security.py (spawned workers must import them)."""
+"""Worker functions for tests/distributed/test_security.py (spawned workers must import them)."""
 
 import os
 import socket
