@@ -122,3 +122,13 @@ def check_block(name: str, value: int, *, smallest: int = 16) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < smallest \
             or value & (value - 1):
         raise ValueError(f"{name} must be a power of two ≥ {smallest}, got {value!r}")
+
+
+def gpu_seconds(fn) -> float:
+    """Median time of ``fn`` on the GPU by ``triton.testing.do_bench`` (GPU only)."""
+    if DEVICE != "cuda":
+        raise RuntimeError("triton.testing.do_bench needs a CUDA GPU (it times with the active "
+                           "Triton driver); on a CPU use parcourse.perf.measure")
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3

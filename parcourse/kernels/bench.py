@@ -23,6 +23,7 @@ import platform
 import torch
 
 from .. import roofline
+from ._triton import gpu_seconds  # noqa: F401 (bench.gpu_seconds, as the tests call it)
 from . import _triton, bench_attention, devices, fused_softmax, layernorm, tiled_matmul, vecadd
 
 TARGETS = {  # name: (kernel, size label, what, threshold) — evaluated on an H100
@@ -89,16 +90,6 @@ def _problem(kernel: str, shape: tuple, dtype, device: str):
     a, b = rand(m, k), rand(k, n)
     return (lambda: tiled_matmul.matmul(a, b), lambda: a @ b, tiled_matmul.flops(m, n, k),
             tiled_matmul.bytes_moved(m, n, k, s))
-
-
-def gpu_seconds(fn) -> float:
-    """Median time of ``fn`` on the GPU by ``triton.testing.do_bench`` (GPU only)."""
-    if _triton.DEVICE != "cuda":
-        raise RuntimeError("triton.testing.do_bench needs a CUDA GPU (it times with the active "
-                           "Triton driver); on a CPU use parcourse.perf.measure")
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
 
 
 def matmul_launch(block: int) -> dict:

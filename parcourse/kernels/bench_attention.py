@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import attention_costs, flash_attention
+from ._triton import gpu_seconds
 
 CASES = ((4, 16, 1024, 64), (4, 16, 4096, 64), (2, 16, 4096, 128))  # (B, H, S, d)
 QUICK_CASES = ((2, 8, 1024, 64),)
@@ -30,7 +31,6 @@ SWEEP_TILES = ((64, 64), (128, 64), (128, 128))
 
 def _time_pair(attend, q, k, v, do) -> dict:
     """Forward and backward seconds of ``attend`` (median of do_bench), and its errors."""
-    from .bench import gpu_seconds
 
     out = attend(q, k, v)
     grads = torch.autograd.grad(out, (q, k, v), do, retain_graph=True)

@@ -55,25 +55,14 @@ import torch
 
 from . import _triton
 from ._triton import jit, tl, triton
+from .attention_tiles import kernel_flags, launch_settings, tile_dot  # noqa: F401 (re-exported)
+from .flash_attention_backward import attention_backward
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = 1.4426950408889634  # log₂ e: e^x = 2^(x log₂ e)
 LN2 = 0.6931471805599453
 INTERPRETER_BLOCKS = (32, 32)  # (BLOCK_M, BLOCK_N): few programs, the interpreter is slow
-
-
-@jit
-def tile_dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    """``a @ b`` accumulated in float32 (``UPCAST``: float32 copies of the tiles first)."""
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    if IEEE:
-        product = tl.dot(a, b, input_precision="ieee")
-    else:
-        product = tl.dot(a, b)
-    return product
 
 
 @jit
@@ -130,11 +119,6 @@ def default_blocks(head_dim: int) -> tuple[int, int]:
     return (128 if head_dim <= 64 else 64), 64
 
 
-def launch_settings(block_m: int, block_n: int) -> dict:
-    """Warps per program: 8 for tiles of 128 × 64 and more, 4 below; 2 pipeline stages."""
-    return dict(num_warps=8 if block_m * block_n >= 128 * 64 else 4, num_stages=2)
-
-
 def check_inputs(q, k, v, causal, scale, block_m, block_n) -> tuple[float, int, int]:
     """Raise a one-line error for anything the kernels cannot take; return the scale and
     the block sizes to use."""
@@ -162,10 +146,6 @@ def check_inputs(q, k, v, causal, scale, block_m, block_n) -> tuple[float, int, 
     return float(scale), block_m, block_n
 
 
-def kernel_flags(dtype: torch.dtype) -> dict:
-    """``IEEE`` (exact float32 products) and ``UPCAST`` (bfloat16 in the interpreter)."""
-    upcast = _triton.INTERPRETED and dtype == torch.bfloat16
-    return dict(IEEE=dtype == torch.float32 or upcast, UPCAST=upcast)
 
 
 def attention_forward(q, k, v, *, causal: bool = False, scale: float | None = None,
@@ -196,8 +176,6 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        from .flash_attention_backward import attention_backward
-
         q, k, v, out, lse = ctx.saved_tensors
         return (*attention_backward(grad_out, q, k, v, out, lse, **ctx.settings), None, None, None, None)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ._triton import jit, tl, triton
-from .flash_attention import kernel_flags, launch_settings, tile_dot
+from .attention_tiles import kernel_flags, launch_settings, tile_dot
 
 
 @jit

@@ -109,32 +109,6 @@ def widest_global_load(sass: str) -> int:
     return max(bits, default=0)
 
 
-def parse_resource_usage(text: str) -> dict[str, int]:
-    """The ``NAME:value`` fields of ``cuobjdump --dump-resource-usage`` for the (one)
-    function in a cubin, e.g. ``{"REG": 128, "STACK": 0, ...}``."""
-    _, found, function = text.partition("Function ")
-    if not found:
-        raise ValueError(f"no function in cuobjdump's resource usage:\n{text}")
-    return {name: int(value) for name, value in re.findall(r"\b([A-Z_]+(?:\[\d+\])?):(\d+)", function)}
-
-
-def count_instructions(sass: str) -> dict[str, int]:
-    """How often each opcode of :data:`COUNTED` appears in ``cuobjdump -sass`` output
-    (modifiers such as ``HMMA.16816.F32`` count as their opcode)."""
-    counts = Counter(re.findall(r"\b(" + "|".join(COUNTED) + r")(?=[.\s])", sass))
-    return {opcode: counts.get(opcode, 0) for opcode in COUNTED}
-
-
-def widest_global_load(sass: str) -> int:
-    """Bits of the widest ``LDG``/``LDGSTS`` in ``cuobjdump -sass`` output: a ``.128``,
-    ``.64``, ``.U16``/``.S16`` or ``.U8``/``.S8`` modifier gives the width, none means
-    32 bits; 0 when the code loads nothing from global memory."""
-    widths = {"128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}
-    bits = [next((widths[m] for m in mnemonic.split(".")[1:] if m in widths), 32)
-            for mnemonic in re.findall(r"\b(LDGSTS(?:\.\w+)*|LDG(?:\.\w+)*)", sass)]
-    return max(bits, default=0)
-
-
 def format_rows(rows: list[tuple[str, Compiled]]) -> list[str]:
     """One line per ``(label, compiled)``: unit of ``tl.dot``, registers, spills, loads,
     shared memory."""
