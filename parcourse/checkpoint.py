@@ -1,4 +1,6 @@
-"""Checkpoints that survive a crash, and resuming from them (chapter 5, "when things fail").
+"""Checkpoints that survive a crash, and resuming from them (chapter 9, "What happens when a
+worker fails, and how do I resume?"; chapter 5's model-parallel page, "Checkpoints that
+outlive the split").
 
 A checkpoint holds everything a run needs to continue as if it had never stopped: the
 model's parameters, the optimizer's state (Adam's moments and step count), the RNG

@@ -21,8 +21,9 @@ class DataUnavailableError(ConfigError):
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: training stopped at that step (chapter 5, "when
-    things fail"). ``rank`` computed the loss, ``step`` counts from 1."""
+    """The loss became NaN or infinite: training stopped at that step (the errors appendix,
+    "Runs that fail while training"). ``rank`` reported it (every worker sees the same
+    global loss, so the lowest rank reports); ``step`` counts from 1."""
 
     def __init__(self, loss: float, step: int, steps: int, rank: int, lr: float):
         super().__init__(

@@ -1,4 +1,5 @@
-"""Fault-tolerant data parallelism with Horovod's elastic API (chapter 9, "when things fail").
+"""Fault-tolerant data parallelism with Horovod's elastic API (chapter 9, "What happens
+when a worker fails, and how do I resume?").
 
 Under ``horovodrun --min-np 1 --host-discovery-script …``, Horovod restarts nothing: when
 a worker dies, the survivors' next collective raises ``HorovodInternalError``; each rolls
