@@ -218,12 +218,12 @@ def test_workers_that_never_started_are_told_from_a_hang():
     assert str(info.value) == (
         "the 2 workers did not all join within 0.2 s and were stopped: ranks 0, 1 had not "
         "started (a worker is a fresh Python that imports torch). This machine has "
-        f"{launch._count(launch.available_cores(), 'core')}: start fewer workers, or pass a "
+        f"{launch.count(launch.available_cores(), 'core')}: start fewer workers, or pass a "
         "larger timeout (--timeout on the command line)")
 
 
 def test_a_timeout_names_who_waited_for_whom():
-    cores = launch._count(launch.available_cores(), "core")
+    cores = launch.count(launch.available_cores(), "core")
     progress = {0: "started", 1: "started", 2: "joined"}  # rank 3: never started
     assert launch.describe_timeout(64, {}, {r: "started" for r in range(40)}, 120) == (
         "the 64 workers did not all join within 120 s and were stopped: ranks 40–63 had not "
