@@ -89,8 +89,14 @@ def _other_zip(path):
 
 
 def _damaged(path, good):
+    """Zero 50 bytes of the pickle right after its first opcode (wherever the archive
+    puts it), so the unpickler meets opcode 0."""
     data = bytearray(good.read_bytes())
-    start = data.index(b"data.pkl") + 200  # inside the pickled dict
+    with zipfile.ZipFile(good) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("/data.pkl"))
+    name_and_extra = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little") \
+        + int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_and_extra + 2  # past the PROTO opcode
     data[start:start + 50] = bytes(50)
     path.write_bytes(bytes(data))
 
