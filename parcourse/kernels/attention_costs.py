@@ -28,7 +28,7 @@ memory by each kernel, as written: the naive forward is four passes over memory
 and writing its output;
 FlashAttention reads every ``K``, ``V`` tile once per query tile that needs it and writes
 only ``O`` and ``L``. Caches are ignored (an upper bound for the tiled kernels, whose
-tiles may be found in L2).
+tiles may be found in L2). :func:`roofline_points` places the counts on a roofline.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from .. import roofline
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -123,6 +125,33 @@ def flash_traffic(batch: int, heads: int, seq_len: int, head_dim: int, itemsize:
                 + seq_len * (2 * row + 8) + 2 * keys * row)    # dQ: Q, dO, L, D; K, V
         written = 4 * seq_len + 3 * seq_len * row              # D; dK, dV, dQ
     return {"read": batch * heads * read, "written": batch * heads * written}
+
+
+def roofline_points(seq_len: int, head_dim: int, *, block_m: int, block_n: int, peak_flops: float,
+                    bandwidth: float, itemsize: int = 2) -> list[dict]:
+    """Attention of one head on a roofline (``peak_flops``, ``bandwidth``): the naive
+    forward, FlashAttention's forward, backward and causal forward with these tiles. Each
+    point: ``name``, ``flops`` (:func:`flops`), ``bytes`` (its traffic), ``intensity``
+    (FLOP/byte) and ``bound``, the attainable FLOP/s at that intensity."""
+    tiles = dict(block_m=block_m, block_n=block_n)
+    counted = {
+        "naive forward": (flops(1, 1, seq_len, head_dim),
+                          naive_traffic(1, 1, seq_len, head_dim, itemsize)),
+        "FlashAttention forward": (flops(1, 1, seq_len, head_dim),
+                                   flash_traffic(1, 1, seq_len, head_dim, itemsize, **tiles)),
+        "FlashAttention backward": (flops(1, 1, seq_len, head_dim, backward=True),
+                                    flash_traffic(1, 1, seq_len, head_dim, itemsize, **tiles, backward=True)),
+        "FlashAttention forward, causal": (flops(1, 1, seq_len, head_dim, causal=True),
+                                           flash_traffic(1, 1, seq_len, head_dim, itemsize, **tiles,
+                                                         causal=True)),
+    }
+    points = []
+    for name, (flop, traffic) in counted.items():
+        nbytes = sum(traffic.values())
+        intensity = flop / nbytes
+        points.append({"name": name, "flops": flop, "bytes": nbytes, "intensity": intensity,
+                       "bound": float(roofline.attainable(intensity, peak_flops, bandwidth))})
+    return points
 
 
 class _LiveBytes(TorchDispatchMode):

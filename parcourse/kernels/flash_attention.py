@@ -204,3 +204,37 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
         above = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu_(1)
         scores.masked_fill_(above, -math.inf)
     return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def online_logsumexp(scores: torch.Tensor, block: int) -> list[dict]:
+    """The online softmax of one row of ``scores``, ``block`` keys at a time, as the
+    kernels run it: after each tile, its ``start`` and ``end`` keys, the running ``max``
+    m', the ``rescale`` factor e^(m − m') applied to the old sum, and the running
+    ``sum`` ℓ'. The log-sum-exp of the row is ``max + log(sum)`` of the last step."""
+    if block < 1:
+        raise ValueError(f"block must be ≥ 1, got {block}")
+    m, total, steps = -math.inf, 0.0, []
+    for start in range(0, scores.numel(), block):
+        tile = scores[start:start + block]
+        m_new = max(m, tile.max().item())
+        rescale = math.exp(m - m_new)
+        total = rescale * total + torch.exp(tile - m_new).sum().item()
+        steps.append({"start": start, "end": start + len(tile) - 1, "max": m_new,
+                      "rescale": rescale, "sum": total})
+        m = m_new
+    return steps
+
+
+def errors_against_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad_out: torch.Tensor, *,
+                        causal: bool = False, block_m: int | None = None,
+                        block_n: int | None = None) -> list[float]:
+    """Largest absolute differences of :func:`attention`'s ``O``, ``dQ``, ``dK``, ``dV``
+    (in the inputs' dtype, ``grad_out`` flowing back) from PyTorch's
+    ``scaled_dot_product_attention`` of the same inputs in float64."""
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = attention(*leaves, causal=causal, block_m=block_m, block_n=block_n)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref = torch.nn.functional.scaled_dot_product_attention(*ref_leaves, is_causal=causal)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out.double())
+    return [(a.double() - b).abs().max().item() for a, b in zip([out, *grads], [ref, *ref_grads])]

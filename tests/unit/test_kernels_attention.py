@@ -28,7 +28,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parcourse import kernels
+from parcourse import kernels, roofline
 from parcourse.kernels import attention_costs, flash_attention
 from parcourse.kernels.flash_attention import attention, attention_forward, attention_reference
 
@@ -237,3 +237,41 @@ def test_the_gpu_benchmark_rows_print_as_one_line_each():
     assert lines[1].split() == ["#", "4×16×4096×64", "causal", "float16", "torch", "SDPA", "350.0", "/",
                                 "200.0", "TFLOPS,", "max", "|ΔO|", "0.0e+00,", "|ΔdQ|", "0.0e+00"]
     assert lines[2].endswith("Triton 128×128   error: OutOfResources: out of resource: shared memory")
+
+
+def test_the_online_log_sum_exp_rescales_the_old_sum_and_ends_at_logsumexp():
+    scores = torch.tensor([0.5, -1.0, 1.2, 0.3, 2.5, -0.4, 0.9, 1.1, 4.0, -2.0])
+    steps = flash_attention.online_logsumexp(scores, 4)
+    assert [(s["start"], s["end"]) for s in steps] == [(0, 3), (4, 7), (8, 9)]
+    assert [s["max"] for s in steps] == pytest.approx([1.2, 2.5, 4.0])
+    assert steps[0]["rescale"] == 0.0 and steps[1]["rescale"] == pytest.approx(math.exp(1.2 - 2.5))
+    assert steps[0]["sum"] == pytest.approx(torch.exp(scores[:4] - 1.2).sum().item())
+    assert steps[-1]["max"] + math.log(steps[-1]["sum"]) == pytest.approx(torch.logsumexp(scores, 0).item())
+    assert len(flash_attention.online_logsumexp(scores, 10)) == 1
+    with pytest.raises(ValueError, match="block must be ≥ 1"):
+        flash_attention.online_logsumexp(scores, 0)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype, causal, tolerance", [(torch.float32, True, 1e-5), (torch.float16, False, 2e-2)])
+def test_errors_against_sdpa_are_those_of_output_and_gradients(dtype, causal, tolerance):
+    torch.manual_seed(0)
+    q, k, v, do = (torch.randn(1, 1, 40, 16, device=DEVICE).to(dtype) for _ in range(4))
+    errors = flash_attention.errors_against_sdpa(q, k, v, do, causal=causal, block_m=16, block_n=16)
+    assert len(errors) == 4 and max(errors) < tolerance and min(errors) > 0  # rounding, no more
+    assert not q.requires_grad  # the inputs are left as they were
+
+
+def test_attention_roofline_points_are_counted():
+    points = attention_costs.roofline_points(4096, 64, block_m=128, block_n=64, peak_flops=1e15, bandwidth=1e12)
+    by_name = {p["name"]: p for p in points}
+    assert list(by_name) == ["naive forward", "FlashAttention forward", "FlashAttention backward",
+                             "FlashAttention forward, causal"]
+    flash = by_name["FlashAttention forward"]
+    assert flash["flops"] == attention_costs.flops(1, 1, 4096, 64) == 4 * 4096 ** 2 * 64
+    assert flash["bytes"] == sum(attention_costs.flash_traffic(1, 1, 4096, 64, 2, block_m=128, block_n=64).values())
+    assert by_name["naive forward"]["intensity"] < flash["intensity"]  # the S × S matrices cost traffic
+    for p in points:
+        assert p["intensity"] == p["flops"] / p["bytes"]
+        assert p["bound"] == pytest.approx(roofline.attainable(p["intensity"], 1e15, 1e12))
+    assert max(p["bound"] for p in points) <= 1e15
