@@ -17,10 +17,10 @@ Importing this package never fails: without Triton, calling a kernel raises
 :class:`~parcourse.errors.MissingDependencyError` with an install hint. On a machine
 without a CUDA GPU the package sets ``TRITON_INTERPRET=1`` (unless it is already set)
 *before* the kernels are defined, so they run in Triton's interpreter on CPU tensors; see
-:mod:`parcourse.kernels._triton`. ``DEVICE`` is where the kernels' tensors must live.
+:mod:`parcourse.kernels.runtime`. ``DEVICE`` is where the kernels' tensors must live.
 """
 
-from ._triton import AVAILABLE, DEVICE, INTERPRETED, INSTALL_HINT, mode, require
+from .runtime import AVAILABLE, DEVICE, INTERPRETED, INSTALL_HINT, mode, require
 from .flash_attention import attention, attention_reference
 from .layernorm import layer_norm, layer_norm_reference
 from .tiled_matmul import matmul, matmul_reference, panels_loaded, tile_order

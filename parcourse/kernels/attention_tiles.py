@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _triton
-from ._triton import jit, tl
+from . import runtime
+from .runtime import jit, tl
 
 
 @jit
@@ -30,5 +30,5 @@ def launch_settings(block_m: int, block_n: int) -> dict:
 
 def kernel_flags(dtype: torch.dtype) -> dict:
     """``IEEE`` (exact float32 products) and ``UPCAST`` (bfloat16 in the interpreter)."""
-    upcast = _triton.INTERPRETED and dtype == torch.bfloat16
+    upcast = runtime.INTERPRETED and dtype == torch.bfloat16
     return dict(IEEE=dtype == torch.float32 or upcast, UPCAST=upcast)

@@ -23,8 +23,8 @@ import platform
 import torch
 
 from .. import roofline
-from ._triton import gpu_seconds  # noqa: F401 (bench.gpu_seconds, as the tests call it)
-from . import _triton, bench_attention, devices, fused_softmax, layernorm, tiled_matmul, vecadd
+from .runtime import gpu_seconds  # noqa: F401 (bench.gpu_seconds, as the tests call it)
+from . import runtime, bench_attention, devices, fused_softmax, layernorm, tiled_matmul, vecadd
 
 TARGETS = {  # name: (kernel, size label, what, threshold) — evaluated on an H100
     "vector add ≥ 80% of peak HBM bandwidth at 64M elements": ("vector_add", "67108864", "fraction", 0.8),
@@ -156,7 +156,7 @@ def run_cpu(quick: bool = False) -> dict:
                    roof_fraction=(flops / seconds) / cpu.attainable(flops / nbytes))
         rows.append(row)
     interpreter = None
-    if _triton.AVAILABLE and _triton.INTERPRETED:
+    if runtime.AVAILABLE and runtime.INTERPRETED:
         triton_op, torch_op, _, _ = _problem("vector_add", (1 << 16,), torch.float32, "cpu")
         interpreter = {"kernel": "vector_add", "size": str(1 << 16),
                        "triton_seconds": roofline.best_seconds(triton_op, repeats=3),
@@ -214,11 +214,11 @@ def evaluate_targets(rows: list[dict], device_name: str) -> list[dict]:
 
 def run(quick: bool = False) -> dict:
     """The CPU or the GPU benchmark, whichever this machine runs, with its context."""
-    result = run_cuda(quick) if _triton.DEVICE == "cuda" else run_cpu(quick)
+    result = run_cuda(quick) if runtime.DEVICE == "cuda" else run_cpu(quick)
     result.update(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   torch=torch.__version__, python=platform.python_version(),
-                  triton=_triton.triton.__version__ if _triton.AVAILABLE else None,
-                  kernels=_triton.mode())
+                  triton=runtime.triton.__version__ if runtime.AVAILABLE else None,
+                  kernels=runtime.mode())
     return result
 
 

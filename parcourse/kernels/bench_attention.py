@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import attention_costs, flash_attention
-from ._triton import gpu_seconds
+from .runtime import gpu_seconds
 
 CASES = ((4, 16, 1024, 64), (4, 16, 4096, 64), (2, 16, 4096, 128))  # (B, H, S, d)
 QUICK_CASES = ((2, 8, 1024, 64),)

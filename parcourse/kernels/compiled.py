@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import _triton
+from . import runtime
 from .devices import MEASUREMENTS, stored_reports
 from .sass import (COUNTED, MATH_UNITS, MAX_REGISTERS_PER_THREAD, REGISTER_GRANULE,  # noqa: F401
                    REGISTERS_PER_SM, Compiled, count_instructions, format_rows,
@@ -57,11 +57,11 @@ SURVEY_ADD_N = 1 << 26     # the vector add's size: the benchmark's
 def require_compiler() -> None:
     """Raise unless Triton is installed and new enough (3.4 and newer: ``triton.knobs``
     says where the ``ptxas`` and ``cuobjdump`` inside the package are)."""
-    _triton.require()
-    if not hasattr(_triton.triton, "knobs"):
+    runtime.require()
+    if not hasattr(runtime.triton, "knobs"):
         raise RuntimeError(f"parcourse.kernels.compiled needs Triton 3.4 or newer (its triton.knobs "
                            f"names the ptxas and cuobjdump it ships); this is Triton "
-                           f"{_triton.triton.__version__}")
+                           f"{runtime.triton.__version__}")
 
 
 def toolchain() -> str:
@@ -69,17 +69,17 @@ def toolchain() -> str:
     require_compiler()
     tools = []
     for name in ("ptxas", "ptxas_blackwell"):  # Triton 3.9 assembles sm_90 with the second
-        tool = getattr(_triton.triton.knobs.nvidia, name, None)
+        tool = getattr(runtime.triton.knobs.nvidia, name, None)
         if tool is not None:
             tools.append(f"{name.replace('_', '-')} {tool.version}")
-    return f"Triton {_triton.triton.__version__} ({', '.join(tools)})"
+    return f"Triton {runtime.triton.__version__} ({', '.join(tools)})"
 
 
 def _tool(name: str) -> str:
     try:
-        return getattr(_triton.triton.knobs.nvidia, name).path
+        return getattr(runtime.triton.knobs.nvidia, name).path
     except AttributeError:
-        raise RuntimeError(f"this Triton ({_triton.triton.__version__}) does not say where its "
+        raise RuntimeError(f"this Triton ({runtime.triton.__version__}) does not say where its "
                            f"{name} is (triton.knobs.nvidia.{name}); parcourse.kernels.compiled "
                            "is tested with Triton 3.4 to 3.9") from None
 
@@ -184,7 +184,7 @@ def _compile_here(job: dict) -> dict:
     kernel = getattr(importlib.import_module(module), name)
     source = ASTSource(fn=kernel, signature=job["signature"], constexprs=job["constexprs"],
                        attrs={(position,): [["tt.divisibility", 16]] for position in job["divisible"]})
-    binary = _triton.triton.compile(source, target=GPUTarget("cuda", job["capability"], 32),
+    binary = runtime.triton.compile(source, target=GPUTarget("cuda", job["capability"], 32),
                                     options={"num_warps": job["num_warps"],
                                              "num_stages": job["num_stages"],
                                              "enable_fp_fusion": True})
@@ -246,7 +246,7 @@ def survey() -> dict[str, Compiled]:
 
 def survey_record(built: dict[str, Compiled]) -> dict:
     """A survey as stored data: the toolchain, the date, and every row's fields."""
-    return {"toolchain": toolchain(), "triton": _triton.triton.__version__,
+    return {"toolchain": toolchain(), "triton": runtime.triton.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "rows": {label: dataclasses.asdict(c) for label, c in built.items()}}
 

@@ -53,8 +53,8 @@ import math
 
 import torch
 
-from . import _triton
-from ._triton import jit, tl, triton
+from . import runtime
+from .runtime import jit, tl, triton
 from .attention_tiles import kernel_flags, launch_settings, tile_dot  # noqa: F401 (re-exported)
 from .flash_attention_backward import attention_backward
 
@@ -114,7 +114,7 @@ def attention_forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, seq_len, scale
 def default_blocks(head_dim: int) -> tuple[int, int]:
     """``(BLOCK_M, BLOCK_N)``: small in the interpreter; on a GPU 128 × 64 up to ``d = 64``
     and 64 × 64 above (an untuned starting point: the benchmark sweeps tiles)."""
-    if _triton.DEVICE != "cuda":
+    if runtime.DEVICE != "cuda":
         return INTERPRETER_BLOCKS
     return (128 if head_dim <= 64 else 64), 64
 
@@ -122,10 +122,10 @@ def default_blocks(head_dim: int) -> tuple[int, int]:
 def check_inputs(q, k, v, causal, scale, block_m, block_n) -> tuple[float, int, int]:
     """Raise a one-line error for anything the kernels cannot take; return the scale and
     the block sizes to use."""
-    _triton.require()
+    runtime.require()
     for name, tensor in (("q", q), ("k", k), ("v", v)):
-        _triton.check_tensor(name, tensor, dims=4, dtypes=DTYPES)
-    _triton.check_same(("q", "k", "v"), q, k, v)
+        runtime.check_tensor(name, tensor, dims=4, dtypes=DTYPES)
+    runtime.check_same(("q", "k", "v"), q, k, v)
     if not q.shape == k.shape == v.shape:
         raise ValueError(f"q, k and v must have the same shape (batch, heads, sequence, head dim), "
                          f"got {tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}")
@@ -141,8 +141,8 @@ def check_inputs(q, k, v, causal, scale, block_m, block_n) -> tuple[float, int, 
         raise ValueError(f"scale must be a positive number, got {scale!r}")
     defaults = default_blocks(head_dim)
     block_m, block_n = (defaults[0] if block_m is None else block_m), (defaults[1] if block_n is None else block_n)
-    _triton.check_block("block_m", block_m)
-    _triton.check_block("block_n", block_n)
+    runtime.check_block("block_m", block_m)
+    runtime.check_block("block_n", block_n)
     return float(scale), block_m, block_n
 
 

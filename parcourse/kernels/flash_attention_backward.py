@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import jit, tl, triton
+from .runtime import jit, tl, triton
 from .attention_tiles import kernel_flags, launch_settings, tile_dot
 
 

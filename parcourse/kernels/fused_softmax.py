@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _triton
-from ._triton import jit, tl, triton
+from . import runtime
+from .runtime import jit, tl, triton
 
 MAX_COLS = 65536  # one row must fit in one program's registers (on a GPU they spill beyond)
 
@@ -48,8 +48,8 @@ def num_warps_for(block: int) -> int:
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
     """Row softmax of a contiguous 2-D float16/float32 ``x`` by :func:`softmax_kernel`."""
-    _triton.require()
-    _triton.check_tensor("x", x, dims=2)
+    runtime.require()
+    runtime.check_tensor("x", x, dims=2)
     n_rows, n_cols = x.shape
     if not 1 <= n_cols <= MAX_COLS:
         raise ValueError(f"x must have between 1 and {MAX_COLS} columns (one row per "

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from ..model_parallel import activation_memory as pipeline_memory
-from . import _triton
+from . import runtime
 
 IMPORTED_FROM = Path(__file__).resolve().parents[2]  # the folder holding this parcourse
 CHECKOUT_REPORTS = Path("parcourse", "measurements", "gpu")  # in a checkout: devices.REPORTS
@@ -163,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     repo = find_checkout(args.repo)
     if args.repo is not None and repo is None:
         parser.error(f"--repo {args.repo}: not a checkout of the repository (no tests/ and _toc.yml)")
-    if not torch.cuda.is_available() or _triton.DEVICE != "cuda":
+    if not torch.cuda.is_available() or runtime.DEVICE != "cuda":
         print(NO_GPU, file=sys.stderr)
         return 2
     folder, note = destination(repo, args.out)
     if note:
         print(note)
-    _triton.require()
+    runtime.require()
     import triton
 
     name = torch.cuda.get_device_name()

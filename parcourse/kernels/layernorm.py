@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _triton
-from ._triton import jit, tl, triton
+from . import runtime
+from .runtime import jit, tl, triton
 
 MAX_COLS = 65536
 
@@ -47,11 +47,11 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                eps: float = 1e-5) -> torch.Tensor:
     """Layer norm over the last dimension of a contiguous 2-D ``x`` (``weight``, ``bias``:
     1-D of length ``x.shape[1]``), by :func:`layer_norm_kernel`."""
-    _triton.require()
-    _triton.check_tensor("x", x, dims=2)
-    _triton.check_tensor("weight", weight, dims=1)
-    _triton.check_tensor("bias", bias, dims=1)
-    _triton.check_same(("x", "weight", "bias"), x, weight, bias)
+    runtime.require()
+    runtime.check_tensor("x", x, dims=2)
+    runtime.check_tensor("weight", weight, dims=1)
+    runtime.check_tensor("bias", bias, dims=1)
+    runtime.check_same(("x", "weight", "bias"), x, weight, bias)
     n_rows, n_cols = x.shape
     if weight.shape[0] != n_cols or bias.shape[0] != n_cols:
         raise ValueError(f"weight and bias must have x.shape[1] = {n_cols} entries, got "

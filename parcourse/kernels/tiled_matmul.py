@@ -32,8 +32,8 @@ import functools
 
 import torch
 
-from . import _triton
-from ._triton import jit, tl, triton
+from . import runtime
+from .runtime import jit, tl, triton
 
 INTERPRETER_BLOCKS = dict(block_m=32, block_n=32, block_k=32)  # small: the interpreter is slow
 DEFAULT_GROUP_M = 8
@@ -141,10 +141,10 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int | None = None,
     them out to get :data:`INTERPRETER_BLOCKS` in the interpreter and ``triton.autotune``
     over :data:`GPU_CONFIGS` on a GPU. float32 uses exact float32 products (no TF32).
     """
-    _triton.require()
-    _triton.check_tensor("a", a, dims=2, contiguous=False)
-    _triton.check_tensor("b", b, dims=2, contiguous=False)
-    _triton.check_same(("a", "b"), a, b)
+    runtime.require()
+    runtime.check_tensor("a", a, dims=2, contiguous=False)
+    runtime.check_tensor("b", b, dims=2, contiguous=False)
+    runtime.check_same(("a", "b"), a, b)
     (M, K), (K2, N) = a.shape, b.shape
     if K != K2:
         raise ValueError(f"a is {M} × {K} and b is {K2} × {N}: a's columns must match b's rows")
@@ -163,14 +163,14 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int | None = None,
         return c.zero_()
     args = (a, b, c, M, N, K, *a.stride(), *b.stride(), *c.stride())
     ieee = a.dtype == torch.float32
-    if block_m is None and _triton.DEVICE == "cuda":
+    if block_m is None and runtime.DEVICE == "cuda":
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
         _autotuned()[grid](*args, IEEE=ieee)
         return c
     if block_m is None:
         block_m, block_n, block_k = INTERPRETER_BLOCKS.values()
     for name, value in zip(("block_m", "block_n", "block_k"), (block_m, block_n, block_k)):
-        _triton.check_block(name, value)
+        runtime.check_block(name, value)
     grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
     launch = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
     matmul_kernel[grid](*args, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _triton
-from ._triton import jit, tl, triton
+from . import runtime
+from .runtime import jit, tl, triton
 
 DEFAULT_BLOCK = 1024
 
@@ -35,14 +35,14 @@ def add_kernel(x_ptr, y_ptr, z_ptr, n, BLOCK: tl.constexpr):
 
 def vector_add(x: torch.Tensor, y: torch.Tensor, *, block: int = DEFAULT_BLOCK) -> torch.Tensor:
     """``x + y`` by :func:`add_kernel`: contiguous float16/float32 tensors of one shape."""
-    _triton.require()
-    _triton.check_tensor("x", x)
-    _triton.check_tensor("y", y)
-    _triton.check_same(("x", "y"), x, y)
+    runtime.require()
+    runtime.check_tensor("x", x)
+    runtime.check_tensor("y", y)
+    runtime.check_same(("x", "y"), x, y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and "
                          f"{tuple(y.shape)}")
-    _triton.check_block("block", block)
+    runtime.check_block("block", block)
     z = torch.empty_like(x)
     n = x.numel()
     if n:

@@ -20,7 +20,7 @@ import torch
 
 from parcourse import kernels
 from parcourse.kernels import compiled, vecadd
-from parcourse.kernels._triton import tl
+from parcourse.kernels.runtime import tl
 
 needs_triton = pytest.mark.skipif(not kernels.AVAILABLE, reason="Triton is not installed")
 
@@ -147,7 +147,7 @@ def test_a_launch_with_missing_or_unknown_arguments_names_them():
 
 @needs_triton
 def test_a_triton_without_knobs_is_refused_with_the_version_needed(monkeypatch):
-    monkeypatch.setattr(compiled._triton, "triton", SimpleNamespace(__version__="3.3.1"))
+    monkeypatch.setattr(compiled.runtime, "triton", SimpleNamespace(__version__="3.3.1"))
     for call in (compiled.toolchain, lambda: compiled.compile_kernels([compiled.add_job(90, 256, 64)])):
         with pytest.raises(RuntimeError) as error:
             call()
@@ -283,7 +283,7 @@ def test_the_command_line_prints_the_table_and_stores_what_stored_surveys_reads(
                             shared_bytes=196608, load_bits=128,
                             instructions=dict(HGMMA=8, HMMA=0, FFMA=0, LDL=286, STL=414, LDGSTS=48))
     monkeypatch.setattr(compiled, "survey", lambda: {"H100 fp16 tile 256": row})
-    target = tmp_path / "surveys" / f"triton-{compiled._triton.triton.__version__}.json"
+    target = tmp_path / "surveys" / f"triton-{compiled.runtime.triton.__version__}.json"
     compiled.main(["--json", str(target)])
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == f"compiled by {compiled.toolchain()}"

@@ -21,7 +21,7 @@ import torch
 
 from parcourse import kernels
 from parcourse.errors import MissingDependencyError
-from parcourse.kernels import _triton
+from parcourse.kernels import runtime
 
 needs_triton = pytest.mark.skipif(not kernels.AVAILABLE, reason="Triton is not installed")
 DEVICE = kernels.DEVICE
@@ -208,7 +208,7 @@ def test_without_triton_the_package_imports_and_a_kernel_says_how_to_install_it(
 
 
 def test_require_raises_the_install_hint(monkeypatch):
-    monkeypatch.setattr(_triton, "AVAILABLE", False)
+    monkeypatch.setattr(runtime, "AVAILABLE", False)
     with pytest.raises(MissingDependencyError) as caught:
         kernels.vector_add(torch.ones(1), torch.ones(1))
     assert str(caught.value) == kernels.INSTALL_HINT
