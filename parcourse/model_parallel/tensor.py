@@ -9,16 +9,12 @@ ways:
   the matching slice x_k of the input and computes a partial product x_k W_kᵀ; the
   output is their sum Σ_k x_k W_kᵀ + b, one all-reduce.
 
-Put a column-parallel layer before an elementwise activation and a row-parallel layer
-after it, and the activation's input is already split the right way: an MLP block
-Linear → ReLU → Linear needs one all-reduce forward (after the row-parallel layer, of
-the output, B × out numbers) and one backward (of the gradient of the input of the
-column-parallel layer, B × in numbers), and nothing in between. Attention splits the
-same way, by heads: the query/key/value projection is column-parallel, each worker runs
-attention for its heads, and the output projection is row-parallel.
-
-The communication is written as small autograd functions whose names say what runs in
-each direction; :data:`COMMUNICATION` counts the bytes they move.
+A column-parallel layer before an elementwise activation and a row-parallel one after it
+need nothing in between: an MLP block Linear → ReLU → Linear costs one all-reduce forward
+(of the output, B × out numbers) and one backward (of the input's gradient, B × in).
+Attention splits by heads: QKV column-parallel, the output projection row-parallel. The
+communication is small autograd functions named for what runs in each direction;
+:data:`COMMUNICATION` counts the bytes they move.
 """
 
 from __future__ import annotations
