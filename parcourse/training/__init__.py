@@ -9,12 +9,13 @@ importing this package imports them all, in the order the command line lists the
 * :mod:`.loop` — the training loop every strategy runs, with its inner step;
 * :mod:`.worker` — a worker's set-up, resume and checkpoints, and rank 0's result;
 * :mod:`.adapters` — each strategy's part of the model ↔ the unsplit model (checkpoints);
-* strategies: :mod:`.single`, :mod:`.ddp` (ddp, dp-manual, dp-bucketed), :mod:`.horovod`,
+* strategies: :mod:`.single`, :mod:`.ddp` (ddp, dp-manual, dp-bucketed), :mod:`.zero`
+  (zero1, zero2, zero3), :mod:`.horovod`,
   :mod:`.horovod_elastic`, :mod:`.pipeline` (pipeline-gpipe, pipeline-1f1b, dp-pp),
   :mod:`.tensor`.
 """
 
-from . import single, ddp, horovod, horovod_elastic, pipeline, tensor  # noqa: F401  (register)
+from . import single, ddp, zero, horovod, horovod_elastic, pipeline, tensor  # noqa: F401
 from .config import DATASETS, DTYPES, OPTIMIZERS, TrainConfig, TrainResult
 from .registry import REGISTRY, Strategy, register, train, validate
 

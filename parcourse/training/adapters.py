@@ -6,7 +6,8 @@ strategy resumes under any other. Each strategy has one adapter:
 
 * :class:`Replica` — the worker holds the whole model (single, data parallelism);
 * :class:`Stages` — the worker holds consecutive layers ``start … end − 1`` (pipelines);
-* :class:`TensorShards` — the worker holds 1/K of each split layer (tensor parallelism).
+* :class:`TensorShards` — the worker holds 1/K of each split layer (tensor parallelism);
+* :class:`ZeroShards` — the worker holds 1/K of the flat parameters and optimizer state (ZeRO).
 
 ``full()`` is called on every worker at the same step (it may use collectives) and
 returns ``(model_state, optimizer_state)`` on rank 0, ``None`` elsewhere; ``load(saved)``
@@ -20,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import checkpoint
+from ..data_parallel import zero_state
 from ..model_parallel import tensor as tensor_parallel
 
 
@@ -97,3 +99,17 @@ class TensorShards:
             saved["model"], self.model, self.rank, self.world_size)
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(optimizer_state(saved["optimizer"]))
+
+
+class ZeroShards:
+    """A ZeRO stage's 1/K shards (:mod:`parcourse.data_parallel.zero`): gathered into the
+    unsplit model and optimizer state, flattened and sliced back on load."""
+
+    def __init__(self, engine, rank: int):
+        self.engine, self.rank = engine, rank
+
+    def full(self):
+        return zero_state.full_state(self.engine, self.rank)   # collectives: every worker
+
+    def load(self, saved: dict) -> None:
+        zero_state.load_state(self.engine, saved["model"], saved["optimizer"])

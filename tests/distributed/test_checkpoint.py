@@ -54,10 +54,12 @@ def test_resume_with_more_workers_continues_the_same_computation(tmp_path):
      dict(strategy="pipeline-1f1b", workers=2)),
     (dict(strategy="tensor", workers=2), dict()),
     (dict(), dict(strategy="tensor", workers=2)),
+    (dict(strategy="zero3", workers=3), dict(strategy="zero1", workers=2)),
+    (dict(strategy="zero2", workers=2, bucket_kb=4), dict()),
 ])
 def test_checkpoints_hold_the_unsplit_model_and_resume_under_any_strategy(tmp_path, first,
                                                                            then):
-    """A pipeline's or tensor-parallel run's checkpoint is the unsplit model's parameters
+    """A pipeline's, tensor-parallel or ZeRO run's checkpoint is the unsplit model's parameters
     and Adam state, so a run split one way resumes split another way, or not at all."""
     path = str(tmp_path / "ck.pt")
     full = train(BASE)
