@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fp16-allreduce", action="store_true",
                    help=f"{option_help('fp16_allreduce')}: compress gradients to float16 on "
                         f"the wire")
+    t.add_argument("--recompute", action="store_true",
+                   help=f"{option_help('recompute')}: recompute each block's activations "
+                        f"in backward instead of keeping them (less memory, about one more "
+                        f"forward pass of time)")
     t.add_argument("--timeout", type=float, default=defaults.timeout, metavar="SECONDS",
                    help="stop the workers if they have not finished by then (default: %(default)s)")
     t.add_argument("--save", metavar="FILE",

@@ -33,6 +33,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..memory_meter import tensor_bytes
+from ..recompute import in_backward
 from .flat_shards import FlatGroup, group_parameters, module_of
 
 STAGES = (1, 2, 3)
@@ -60,6 +62,7 @@ class Zero:
         self.pending: list[Future | None] = [None] * len(self.groups)
         self.gathering: list[Future | None] = [None] * len(self.groups)
         self.ready = [0] * len(self.groups)
+        self.held: dict[str, int] = {}
         for i, group in enumerate(self.groups):
             full = group.flatten([p.detach() for p in group.params], self.compute_dtype)
             group.bind(full)
@@ -142,12 +145,14 @@ class Zero:
                                                  lambda: self._gather(j))
 
     def _before_forward(self, i: int) -> None:
-        self._ensure_gathered(i, prefetch=i + 1)
+        self._ensure_gathered(i, prefetch=i - 1 if in_backward() else i + 1)
         self._forward_start = time.perf_counter()
 
     def _after_forward(self, i: int, output) -> None:
         if self.events is not None:
             self.events.append(("forward", i, self._forward_start, time.perf_counter()))
+        if in_backward():                   # recomputation: the backward needs them now
+            return
         if i < len(self.groups) - 1:        # the last block's backward comes next: keep it
             self._free(i)
         if torch.is_tensor(output) and output.requires_grad:
@@ -167,7 +172,14 @@ class Zero:
                 shard = self.pending[i].result()
                 self.pending[i] = None
             self.masters[i].grad = shard.to(self.masters[i].dtype)
+        if self.stage == 3:                 # no block stays whole (or stale) past the step
+            for i, future in enumerate(self.gathering):
+                if future is not None:
+                    future.result()
+                    self.gathering[i] = None
+                self._free(i)
         self.optimizer.step()
+        self.held = self.state_bytes()
         for master in self.masters:
             master.grad = None
         if self.stage < 3:
@@ -177,6 +189,19 @@ class Zero:
                 mine = group.shard_of(self.full[i]).clone()
                 self._timed("all-gather", i, lambda: group.gather(mine, self.algorithm,
                                                                   out=self.full[i]))
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of parameters, gradients and optimizer state this rank holds, counted from
+        the tensors (:attr:`held` keeps the count taken at the last optimizer step, when
+        the gradient shards exist)."""
+        params = self.full + self.masters if self.separate_master else self.full
+        if self.stage == 3:
+            params = self.masters
+        grads = self.grads if self.stage == 1 else [m.grad for m in self.masters]
+        state = [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        return {"parameters": tensor_bytes(params),
+                "gradients": tensor_bytes(g for g in grads if g is not None),
+                "optimizer state": tensor_bytes(state)}
 
     def close(self) -> None:
         """Stop the communication thread."""

@@ -59,6 +59,9 @@ class TrainConfig:
     """Micro-batches per step in a pipeline (1: the naive layer split)."""
     partition: str = "parameters"
     """Where to cut a pipeline: parameters, time, or cut points such as 3 or 2,5."""
+    recompute: bool = False
+    """Recompute each block's activations in backward instead of keeping them
+    (:mod:`parcourse.recompute`)."""
     checkpoint: str | None = None
     """File for checkpoints (:mod:`parcourse.checkpoint`)."""
     checkpoint_every: int = 0

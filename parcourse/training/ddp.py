@@ -78,10 +78,10 @@ def train_data_parallel(config: TrainConfig):
 
 
 register(Strategy("ddp", train_data_parallel, "PyTorch DistributedDataParallel",
-                  batch=EQUAL))
+                  options=("recompute",), batch=EQUAL))
 register(Strategy("dp-manual", train_data_parallel,
                   "one all-reduce of every gradient after backward (uneven shards weighted)",
-                  options=("allreduce",)))
+                  options=("allreduce", "recompute")))
 register(Strategy("dp-bucketed", train_data_parallel,
                   "buckets of gradients all-reduced while backward runs",
-                  options=("allreduce", "bucket_kb")))
+                  options=("allreduce", "bucket_kb", "recompute")))

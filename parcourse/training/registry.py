@@ -19,12 +19,13 @@ from .. import checkpoint, collectives, launch
 from .. import data as datasets
 from ..data_parallel import gradient_sync
 from ..errors import ConfigError
-from ..models import MODELS
+from .. import recompute as recomputation
+from ..models import MODELS, build_model
 from .config import DATASETS, DTYPES, OPTIMIZERS, TrainConfig, TrainResult
 
 # Options that only some strategies take; every other field of TrainConfig applies to all.
 SPECIFIC = ("allreduce", "bucket_kb", "fp16_allreduce", "accumulation", "stages",
-            "microbatches", "partition")
+            "microbatches", "partition", "recompute")
 # Of those, the ones that tune how a strategy runs, not what it computes: a strategy that
 # does not take them ignores them, so that one configuration serves several strategies
 # (the book's comparisons do this). Setting any other specific option for a strategy that
@@ -148,6 +149,11 @@ def validate(config: TrainConfig) -> None:
           f"--accumulation must be at least 1 (got {config.accumulation})")
     check(config.stages >= 0, f"--stages must be at least 1 (got {config.stages})")
     _check_options(config, check)
+    if config.recompute:
+        try:
+            recomputation.blocks(build_model(config.model))
+        except ValueError as err:
+            check(False, f"--recompute needs a model made of blocks: {err}")
     check(config.checkpoint_every >= 0,
           f"--checkpoint-every must be 0 (never) or more (got {config.checkpoint_every})")
     check(config.checkpoint is not None or not (config.checkpoint_every or config.resume),

@@ -39,4 +39,4 @@ def _check(config: TrainConfig) -> None:
 
 
 register(Strategy("single", train_single, "one process, the reference",
-                  options=("accumulation",), batch=WHOLE, parallel=False, check=_check))
+                  options=("accumulation", "recompute"), batch=WHOLE, parallel=False, check=_check))

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from .. import checkpoint
 from .. import data as datasets
 from ..models import build_model
+from ..recompute import recompute
 from .config import TrainConfig, TrainResult
 from .loop import InnerStep, Sum, accuracy, run_loop
 from .registry import resumable
@@ -25,10 +26,13 @@ def dtype_of(config: TrainConfig) -> torch.dtype:
 
 def load_data_and_model(config: TrainConfig, device: torch.device | None = None):
     """A worker's data set and a fresh copy of the whole model, both in ``config.dtype``
-    (the model on ``device`` when one is given; initial weights from ``config.seed``)."""
+    (the model on ``device`` when one is given; initial weights from ``config.seed``;
+    each block recomputed in backward with ``config.recompute``)."""
     dtype = dtype_of(config)
     dataset = datasets.load_dataset(config.dataset, seed=config.seed, dtype=dtype)
     model = build_model(config.model, seed=config.seed, dtype=dtype)
+    if config.recompute:
+        recompute(model)
     return dataset, (model if device is None else model.to(device))
 
 

@@ -74,5 +74,6 @@ def _check(config: TrainConfig) -> None:
 for _name, _what in (("zero1", "optimizer state"), ("zero2", "optimizer state and gradients"),
                      ("zero3", "optimizer state, gradients and parameters")):
     register(Strategy(_name, train_zero, f"ZeRO stage {STAGE[_name]}: {_what} sharded "
-                                         f"over the workers", options=("allreduce", "bucket_kb"),
+                                         f"over the workers",
+                      options=("allreduce", "bucket_kb", "recompute"),
                       batch=WEIGHTED, family="ZeRO", check=_check))
