@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{', '.join(DTYPES)}: the dtype of parameters, data, optimizer state "
                         f"and messages; float64 makes every strategy equal to single to "
                         f"1e-10 on any machine (default: %(default)s)")
+    t.add_argument("--precision", default=None, metavar="NAME",
+                   help=f"{option_help('precision')}: fp64 (the same as --dtype float64), "
+                        f"fp32, or bf16 / fp16: products in 16 bits, float32 master weights "
+                        f"(fp16 with dynamic loss scaling) (default: fp32, or --dtype's)")
     t.add_argument("--seed", type=int, default=defaults.seed,
                    help="seed of the initial weights and of the batch order (default: %(default)s)")
     t.add_argument("--workers", type=int, default=None, metavar="K",
@@ -207,10 +211,28 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+PRECISION_CHOICES = ("fp64", "fp32", "bf16", "fp16")
+
+
+def _precision(precision: str | None, dtype: str) -> dict:
+    """--precision as TrainConfig's ``dtype`` (master weights) and ``precision`` (products)."""
+    if precision is None:
+        return {"precision": "full"}
+    if precision not in PRECISION_CHOICES:
+        _fail(f"python -m parcourse train: error: unknown --precision {precision!r}: choose "
+              f"one of {', '.join(PRECISION_CHOICES)}")
+    wanted = {"fp64": "float64", "fp32": "float32"}.get(precision, "float32")
+    if dtype != TrainConfig().dtype and dtype != wanted:
+        _fail(f"python -m parcourse train: error: --precision {precision} and --dtype {dtype} "
+              f"disagree: give one of them")
+    return {"dtype": wanted, "precision": "full" if precision in ("fp64", "fp32") else precision}
+
+
 def train_command(args: argparse.Namespace) -> int:
     rank, launched = _launcher_rank_and_size()
     workers = launched if args.workers is None else args.workers
     options = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    options.update(_precision(args.precision, args.dtype))
     config = TrainConfig(**{**options, "workers": workers})
     if config.strategy in REGISTRY and not REGISTRY[config.strategy].parallel and launched > 1:
         _fail(f"python -m parcourse train: error: --strategy {config.strategy} runs on one "

@@ -162,9 +162,11 @@ class Zero:
         self._ensure_gathered(i, prefetch=i - 1)
 
     # ----------------------------------------------------------------------- step
-    def step(self) -> None:
+    def step(self, unscale: Callable[[list], bool] | None = None) -> None:
         """The shards' gradients summed over the ranks, the optimizer step on each rank's
-        shard, and (stages 1, 2) the parameters gathered whole again."""
+        shard, and (stages 1, 2) the parameters gathered whole again. ``unscale(grads)``
+        (fp16 loss scaling) divides the shards' gradients by the scale and says whether
+        to step."""
         for i, group in enumerate(self.groups):
             if self.stage == 1:
                 shard = group.reduce_scatter(self.grads[i], self.algorithm)
@@ -178,7 +180,8 @@ class Zero:
                     future.result()
                     self.gathering[i] = None
                 self._free(i)
-        self.optimizer.step()
+        if unscale is None or unscale([m.grad for m in self.masters]):
+            self.optimizer.step()
         self.held = self.state_bytes()
         for master in self.masters:
             master.grad = None

@@ -39,6 +39,10 @@ class TrainConfig:
     dtype: str = "float32"
     """Parameters, data, optimizer state and messages: ``float64`` proves every strategy
     equal to ``single`` to 1e-10 on any machine (:mod:`parcourse.compare`)."""
+    precision: str = "full"
+    """``full`` computes in ``dtype``; ``bf16`` or ``fp16`` computes the products in 16 bits
+    with float32 master weights (fp16 with dynamic loss scaling;
+    :mod:`parcourse.mixed_precision`)."""
     seed: int = 0
     """Seed of the initial weights and of the batch order."""
     workers: int = 1

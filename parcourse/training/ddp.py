@@ -18,7 +18,8 @@ from .. import launch
 from ..data_parallel import gradient_sync
 from .adapters import Replica, cpu_state
 from .config import TrainConfig
-from .loop import make_optimizer, replica_loss
+from ..mixed_precision import LossScaler
+from .loop import make_optimizer, optimizer_step, replica_loss
 from .registry import EQUAL, WEIGHTED, Strategy, register
 from .worker import batch_of, load_data_and_model, result, train_worker
 
@@ -49,16 +50,18 @@ def data_parallel_worker(rank: int, world_size: int, config: TrainConfig):
     replica, sync = REPLICATE[config.strategy](model, config, device)
     optimizer = make_optimizer(config.optimizer, replica.parameters(), config.lr)
     share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
+    scaler = LossScaler(config.precision)
 
     def inner_step(step: int) -> float:
         mine = datasets.shard(batch_of(dataset, config, step), rank, world_size)
         optimizer.zero_grad()
         loss = replica_loss(replica, dataset.train_x[mine].to(device),
                             dataset.train_y[mine].to(device), 1,
-                            share if sync is not None else 1.0)
+                            (share if sync is not None else 1.0) * scaler.scale,
+                            config.precision)
         if sync is not None:
             sync.finish()
-        optimizer.step()
+        optimizer_step(optimizer, scaler)
         return loss * share
 
     losses, seconds = train_worker(config, inner_step, Replica(model, optimizer, rank),
@@ -78,10 +81,10 @@ def train_data_parallel(config: TrainConfig):
 
 
 register(Strategy("ddp", train_data_parallel, "PyTorch DistributedDataParallel",
-                  options=("recompute",), batch=EQUAL))
+                  options=("recompute", "precision"), batch=EQUAL))
 register(Strategy("dp-manual", train_data_parallel,
                   "one all-reduce of every gradient after backward (uneven shards weighted)",
-                  options=("allreduce", "recompute")))
+                  options=("allreduce", "recompute", "precision")))
 register(Strategy("dp-bucketed", train_data_parallel,
                   "buckets of gradients all-reduced while backward runs",
-                  options=("allreduce", "bucket_kb", "recompute")))
+                  options=("allreduce", "bucket_kb", "recompute", "precision")))

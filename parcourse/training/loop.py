@@ -24,11 +24,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import data as datasets
+from .. import mixed_precision
 from ..errors import TrainingDiverged
 from .config import TrainConfig
 
 InnerStep = Callable[[int], float]         # step → this worker's share of the mean loss
 Sum = Callable[[torch.Tensor], None]       # sums a tensor over the workers, in place
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: mixed_precision.LossScaler,
+                   agree: Sum | None = None) -> None:
+    """``optimizer.step()``, or with fp16 loss scaling: unscale the gradients, and step only
+    if they are finite on every worker (``agree`` sums the overflow flag over them)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    finite = scaler.unscale(grads, agree)
+    if finite:
+        optimizer.step()
+    scaler.update(finite)
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -84,15 +96,18 @@ def run_loop(config: TrainConfig, inner_step: InnerStep, *, start: int = 0, rank
 
 
 def replica_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int,
-                 weight: float) -> float:
+                 weight: float, precision: str = "full") -> float:
     """Forward and backward of a whole replica on its samples ``x``, in ``micro``
     micro-batches: each back-propagates its mean loss × its share of the samples ×
     ``weight``, so the accumulated gradient is ``weight`` × the gradient of the mean.
-    Returns the mean loss of the samples (unweighted)."""
+    With ``precision`` bf16 or fp16 the forward runs under autocast and the loss is taken
+    of the logits in ``x``'s dtype. Returns the mean loss of the samples (unweighted)."""
     total, n = 0.0, len(y)
     for m in range(micro):
         part = datasets.shard(torch.arange(n), m, micro)
-        loss = F.cross_entropy(model(x[part]), y[part])
+        with mixed_precision.autocast(precision, x.device):
+            logits = model(x[part])
+        loss = F.cross_entropy(logits.to(x.dtype), y[part])
         share = len(part) / n
         scaled = share * weight
         (loss * scaled if scaled != 1.0 else loss).backward()

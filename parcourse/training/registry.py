@@ -15,7 +15,9 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from .. import checkpoint, collectives, launch
+import torch
+
+from .. import checkpoint, collectives, launch, mixed_precision
 from .. import data as datasets
 from ..data_parallel import gradient_sync
 from ..errors import ConfigError
@@ -25,7 +27,7 @@ from .config import DATASETS, DTYPES, OPTIMIZERS, TrainConfig, TrainResult
 
 # Options that only some strategies take; every other field of TrainConfig applies to all.
 SPECIFIC = ("allreduce", "bucket_kb", "fp16_allreduce", "accumulation", "stages",
-            "microbatches", "partition", "recompute")
+            "microbatches", "partition", "recompute", "precision")
 # Of those, the ones that tune how a strategy runs, not what it computes: a strategy that
 # does not take them ignores them, so that one configuration serves several strategies
 # (the book's comparisons do this). Setting any other specific option for a strategy that
@@ -105,7 +107,8 @@ def _check_options(config: TrainConfig, check) -> None:
         if family:
             check(False, f"{_flag(option)} works with the {family} strategies "
                          f"({', '.join(names)}), not --strategy {config.strategy}")
-        check(False, f"{_flag(option)} works with --strategy {' or '.join(names)} "
+        listed = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+        check(False, f"{_flag(option)} works with --strategy {listed} "
                      f"(got --strategy {config.strategy})")
 
 
@@ -122,6 +125,7 @@ def validate(config: TrainConfig) -> None:
           f"unknown --strategy {config.strategy!r}: choose one of {', '.join(REGISTRY)}")
     for option, choices in (("model", MODELS), ("dataset", DATASETS),
                             ("optimizer", OPTIMIZERS), ("dtype", DTYPES),
+                            ("precision", mixed_precision.PRECISIONS),
                             ("backend", launch.BACKENDS)):
         value = getattr(config, option)
         check(value in choices,
@@ -149,6 +153,12 @@ def validate(config: TrainConfig) -> None:
           f"--accumulation must be at least 1 (got {config.accumulation})")
     check(config.stages >= 0, f"--stages must be at least 1 (got {config.stages})")
     _check_options(config, check)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check(mixed_precision.unsupported(config.precision, device) is None,
+          mixed_precision.unsupported(config.precision, device) or "")
+    check(config.precision == "full" or config.dtype == "float32",
+          f"--precision {config.precision} keeps float32 master weights: it does not combine "
+          f"with --dtype {config.dtype}")
     if config.recompute:
         try:
             recomputation.blocks(build_model(config.model))

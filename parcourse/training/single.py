@@ -9,7 +9,8 @@ import torch
 from ..errors import ConfigError
 from .adapters import Replica, cpu_state
 from .config import TrainConfig
-from .loop import make_optimizer, replica_loss
+from ..mixed_precision import LossScaler
+from .loop import make_optimizer, optimizer_step, replica_loss
 from .registry import WHOLE, Strategy, register
 from .worker import batch_of, load_data_and_model, result, train_worker
 
@@ -19,13 +20,15 @@ def train_single(config: TrainConfig):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset, model = load_data_and_model(config, device)
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+    scaler = LossScaler(config.precision)
 
     def inner_step(step: int) -> float:
         batch = batch_of(dataset, config, step)
         optimizer.zero_grad()  # frees the gradients (set_to_none, the default)
         loss = replica_loss(model, dataset.train_x[batch].to(device),
-                            dataset.train_y[batch].to(device), config.accumulation, 1.0)
-        optimizer.step()
+                            dataset.train_y[batch].to(device), config.accumulation,
+                            scaler.scale, config.precision)
+        optimizer_step(optimizer, scaler)
         return loss
 
     losses, seconds = train_worker(config, inner_step, Replica(model, optimizer), device=device)
@@ -39,4 +42,4 @@ def _check(config: TrainConfig) -> None:
 
 
 register(Strategy("single", train_single, "one process, the reference",
-                  options=("accumulation", "recompute"), batch=WHOLE, parallel=False, check=_check))
+                  options=("accumulation", "recompute", "precision"), batch=WHOLE, parallel=False, check=_check))

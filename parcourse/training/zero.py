@@ -10,7 +10,9 @@ worker computes what ``single`` computes.
 
 from __future__ import annotations
 
-from .. import collectives, launch
+import torch.distributed as dist
+
+from .. import collectives, launch, mixed_precision
 from .. import data as datasets
 from ..data_parallel.zero import Zero
 from ..data_parallel.zero_state import full_state
@@ -29,7 +31,8 @@ def zero_engine(model, config: TrainConfig, rank: int, world_size: int, record: 
     return Zero(model, STAGE[config.strategy],
                 lambda shards: make_optimizer(config.optimizer, shards, config.lr),
                 rank, world_size, algorithm=config.allreduce,
-                bucket_bytes=int(config.bucket_kb * 1024), record=record)
+                bucket_bytes=int(config.bucket_kb * 1024),
+                compute_dtype=mixed_precision.compute_dtype(config.precision), record=record)
 
 
 def zero_worker(rank: int, world_size: int, config: TrainConfig):
@@ -38,13 +41,20 @@ def zero_worker(rank: int, world_size: int, config: TrainConfig):
     dataset, model = load_data_and_model(config, device)   # the same seed: equal replicas
     engine = zero_engine(model, config, rank, world_size)
     share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
+    scaler = mixed_precision.LossScaler(config.precision)
+
+    def unscale(grads) -> bool:       # shards differ: an overflow anywhere skips everywhere
+        finite = scaler.unscale(grads, agree=dist.all_reduce)
+        scaler.update(finite)
+        return finite
 
     def inner_step(step: int) -> float:
         mine = datasets.shard(batch_of(dataset, config, step), rank, world_size)
         engine.zero_grad()
         loss = replica_loss(model, dataset.train_x[mine].to(device),
-                            dataset.train_y[mine].to(device), 1, share)
-        engine.step()
+                            dataset.train_y[mine].to(device), 1, share * scaler.scale,
+                            config.precision)
+        engine.step(unscale if scaler.enabled else None)
         return loss * share
 
     try:
@@ -75,5 +85,5 @@ for _name, _what in (("zero1", "optimizer state"), ("zero2", "optimizer state an
                      ("zero3", "optimizer state, gradients and parameters")):
     register(Strategy(_name, train_zero, f"ZeRO stage {STAGE[_name]}: {_what} sharded "
                                          f"over the workers",
-                      options=("allreduce", "bucket_kb", "recompute"),
+                      options=("allreduce", "bucket_kb", "recompute", "precision"),
                       batch=WEIGHTED, family="ZeRO", check=_check))

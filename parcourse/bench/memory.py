@@ -1,0 +1,144 @@
+"""What each rank holds, measured against the formula: ``python -m parcourse bench memory``
+(chapter 5, "When the model does not fit").
+
+On K workers, for DDP and each ZeRO stage: the bytes of parameters, gradients and optimizer
+state counted from the tensors themselves at the optimizer step, beside the exact formula
+of :mod:`parcourse.data_parallel.zero_ledger` (padding included); the peak of a whole step
+(:class:`parcourse.memory_meter.PeakMemory`) beside its prediction; the step time relative
+to DDP's; and the bytes each rank sends per step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import collectives, launch
+from ..data_parallel import zero_ledger
+from ..data_parallel.zero import Zero
+from ..memory_meter import PeakMemory, tensor_bytes
+from ..models import IMAGE_SHAPE, NUM_CLASSES, build_model
+from ..training.loop import make_optimizer
+
+VARIANTS = ("ddp", "zero1", "zero2", "zero3")
+KINDS = ("parameters", "gradients", "optimizer state")
+
+
+def _batch(batch_size: int, dtype: torch.dtype, device, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch_size, *IMAGE_SHAPE, generator=generator).to(device, dtype)
+    return x, torch.randint(NUM_CLASSES, (batch_size,), generator=generator).to(device)
+
+
+def _ddp(model: nn.Module, optimizer_name: str, device):
+    """DDP with its default ``gradient_as_bucket_view=False``: its buckets hold a second
+    copy of the gradients while they are all-reduced."""
+    replica = nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(optimizer_name, replica.parameters(), 1e-3)
+
+    def step(x, y):
+        optimizer.zero_grad()
+        F.cross_entropy(replica(x), y).backward()
+        optimizer.step()
+
+    def held():
+        params = list(model.parameters())
+        state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        return {"parameters": tensor_bytes(params),
+                "gradients": tensor_bytes(p.grad for p in params if p.grad is not None),
+                "optimizer state": tensor_bytes(state)}
+
+    return step, held, lambda: [*model.parameters(), *(p.grad for p in model.parameters()
+                                                      if p.grad is not None),
+                               *(v for s in optimizer.state.values() for v in s.values()
+                                 if torch.is_tensor(v))]
+
+
+def _zero(stage: int):
+    def build(model: nn.Module, optimizer_name: str, device):
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        engine = Zero(model, stage, lambda shards: make_optimizer(optimizer_name, shards, 1e-3),
+                      rank, world_size)
+
+        def step(x, y):
+            engine.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            engine.step()
+
+        def live():
+            state = [v for s in engine.optimizer.state.values() for v in s.values()
+                     if torch.is_tensor(v)]
+            return [*engine.full, *engine.masters, *(g for g in engine.grads if g is not None),
+                    *state]
+
+        return step, lambda: engine.held, live, engine
+    return build
+
+
+BUILDERS = {"ddp": _ddp, "zero1": _zero(1), "zero2": _zero(2), "zero3": _zero(3)}
+
+
+def memory_worker(rank: int, world_size: int, model_name: str, optimizer_name: str,
+                  dtype: str, batch_size: int, variants=VARIANTS, repeats: int = 5) -> dict:
+    """Per variant: held bytes by kind, the formula, the measured and predicted peak, the
+    median step time and the bytes this rank sent in one step."""
+    device = launch.device()
+    torch_dtype = getattr(torch, dtype)
+    x, y = _batch(batch_size // world_size, torch_dtype, device, seed=rank)
+    out = {}
+    for variant in variants:
+        model = build_model(model_name, seed=0, dtype=torch_dtype).to(device)
+        built = BUILDERS[variant](model, optimizer_name, device)
+        step, held, live = built[:3]
+        step(x, y)                                    # the optimizer state exists from now
+        collectives.reset_bytes_sent()
+        with PeakMemory(device, track=[*live(), x, y]) as peak:
+            step(x, y)
+        sent = collectives.bytes_sent()
+        times = []
+        for _ in range(repeats):
+            torch.distributed.barrier()
+            start = time.perf_counter()
+            step(x, y)
+            times.append(time.perf_counter() - start)
+        formula = zero_ledger.state_bytes(model_name, variant, world_size, optimizer_name,
+                                          torch_dtype)
+        out[variant] = {"held": held(), "formula": formula, "peak": peak.peak,
+                        "method": peak.method, "seconds": statistics.median(times),
+                        "sent": sent,
+                        "sent_formula": zero_ledger.bytes_sent(model_name, variant,
+                                                               world_size, torch_dtype)}
+        if len(built) > 3:
+            built[3].close()
+    return out
+
+
+def measure(world_size: int = 2, model_name: str = "complex", optimizer_name: str = "adam",
+            dtype: str = "float32", batch_size: int = 64, variants=VARIANTS,
+            verbose: bool = False) -> list[dict]:
+    """:func:`memory_worker` on ``world_size`` workers: one result per rank."""
+    return launch.run(memory_worker, world_size, verbose=verbose,
+                      args=(model_name, optimizer_name, dtype, batch_size, tuple(variants)))
+
+
+def format_table(per_rank: list[dict]) -> str:
+    """Rank 0's measured bytes beside the formula, the peak, time against DDP, bytes sent."""
+    rows = per_rank[0]
+    reference = rows.get("ddp", next(iter(rows.values())))["seconds"]
+    head = (f"{'variant':<8}" + "".join(f"{k + ' (KiB)':>24}" for k in KINDS)
+            + f"{'peak KiB':>10}{'step ×DDP':>10}{'sent KiB':>10}{'formula':>10}")
+    lines = [head]
+    for variant, row in rows.items():
+        cells = "".join(f"{row['held'][k] / 1024:>11,.1f} = {row['formula'][k] / 1024:>10,.1f}"
+                        if row['held'][k] == row['formula'][k]
+                        else f"{row['held'][k] / 1024:>11,.1f} ≠ {row['formula'][k] / 1024:>10,.1f}"
+                        for k in KINDS)
+        lines.append(f"{variant:<8}{cells}{row['peak'] / 1024:>10,.0f}"
+                     f"{row['seconds'] / reference:>10.2f}{row['sent'] / 1024:>10,.1f}"
+                     f"{row['sent_formula'] / 1024:>10,.1f}")
+    return "\n".join(lines)
