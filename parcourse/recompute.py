@@ -32,16 +32,19 @@ def blocks(model: nn.Module) -> list[nn.Sequential]:
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"{type(model).__name__} has no blocks to recompute: it is not an "
                          f"nn.Sequential and defines no blocks()")
-    groups: list[list[nn.Module]] = []
+    groups: list[list[nn.Module]] = [[]]
     for layer in model:
-        if any(True for _ in layer.parameters(recurse=True)) or not groups:
-            groups.append([layer])
-        else:
-            groups[-1].append(layer)
+        if _has_parameters(layer) and any(_has_parameters(done) for done in groups[-1]):
+            groups.append([])
+        groups[-1].append(layer)
     if len(groups) < 2:
         raise ValueError(f"{type(model).__name__} has no blocks to recompute: it has fewer "
                          f"than two layers with parameters")
     return [nn.Sequential(*group) for group in groups]
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
 
 
 def recompute(model: nn.Module) -> nn.Module:
