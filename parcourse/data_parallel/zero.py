@@ -63,6 +63,7 @@ class Zero:
         self.gathering: list[Future | None] = [None] * len(self.groups)
         self.ready = [0] * len(self.groups)
         self.held: dict[str, int] = {}
+        self._forward_start, self._backward_start = 0.0, {}
         for i, group in enumerate(self.groups):
             full = group.flatten([p.detach() for p in group.params], self.compute_dtype)
             group.bind(full)
@@ -112,6 +113,8 @@ class Zero:
         if self.ready[i] < len(group.params):
             return
         self.ready[i] = 0
+        if self.events is not None and i in self._backward_start:
+            self.events.append(("backward", i, self._backward_start.pop(i), time.perf_counter()))
         flat = group.flatten([p.grad for p in group.params], self.compute_dtype)
         for p in group.params:
             p.grad = None
@@ -160,6 +163,7 @@ class Zero:
 
     def _before_backward(self, i: int) -> None:
         self._ensure_gathered(i, prefetch=i - 1)
+        self._backward_start[i] = time.perf_counter()
 
     # ----------------------------------------------------------------------- step
     def step(self, unscale: Callable[[list], bool] | None = None) -> None:
