@@ -13,12 +13,13 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import fields, replace
+from dataclasses import fields
 
 from . import launch
 from .errors import ConfigError, MissingDependencyError, TrainingDiverged
 from .models import MODELS
-from .training import DATASETS, DTYPES, OPTIMIZERS, REGISTRY, TrainConfig, train, validate
+from .training import DATASETS, DTYPES, OPTIMIZERS, REGISTRY, TrainConfig, train
+from .bench import command as bench_command
 from .training.registry import option_help
 
 
@@ -124,91 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from --checkpoint if it exists (else start at step 0); "
                         "safe to pass on every start, e.g. under torchrun --max-restarts")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
-    b = commands.add_parser("bench", help="benchmarks that print tables",
-                            description="Benchmarks: they print tables and ratios measured "
-                                        "side by side in one run; nothing is asserted.")
-    b.add_argument("what", choices=("allreduce", "dp", "pipeline", "kernels"),
-                   help="allreduce: bus bandwidth of each all-reduce against gloo's; "
-                        "dp: training throughput of the data-parallel strategies against DDP; "
-                        "pipeline: step time and bubble of the naive split, GPipe and 1F1B; "
-                        "kernels: the Triton kernels (GPU) or the torch ops (CPU) against "
-                        "the device's roofline")
-    b.add_argument("--workers", type=int, nargs="+", default=None, metavar="K",
-                   help="numbers of workers (default: allreduce 2 4, dp 2)")
-    b.add_argument("--max-mb", type=float, default=64, metavar="MB",
-                   help="allreduce: largest message in MiB (default: %(default)s)")
-    b.add_argument("--partition", default="time", metavar="HOW",
-                   help="pipeline: where to cut the model, as in train (default: %(default)s)")
-    b.add_argument("--horovod", action="store_true",
-                   help="allreduce: include Horovod's all-reduce")
-    b.add_argument("--steps", type=int, default=None,
-                   help="dp, pipeline: steps per run (default: dp 200, pipeline 12)")
-    b.add_argument("--microbatches", type=int, nargs="+", default=None, metavar="M",
-                   help="pipeline: numbers of micro-batches (default: 1 2 4 8)")
-    b.add_argument("--batch-size", type=int, default=256, metavar="B",
-                   help="dp: global batch (default: %(default)s)")
-    b.add_argument("--model", default=None, metavar="NAME",
-                   help="dp, pipeline: model to train (default: dp simple, pipeline complex)")
-    b.add_argument("--quick", action="store_true", help="kernels: small sizes (a smoke test)")
-    b.add_argument("--json", metavar="FILE", help="kernels: also write every figure as JSON")
+    bench_command.add_parser(commands)
     return parser
-
-
-def bench_command(args: argparse.Namespace) -> int:
-    from . import env
-    from .bench import allreduce as bench_allreduce
-    from .bench import pipeline as bench_pipeline
-    from .bench import training as bench_training
-
-    print(f"# {env.describe()}")
-    if args.what == "kernels":
-        return _bench_kernels(args)
-    if args.what == "allreduce":
-        largest = int(args.max_mb * (1 << 20))
-        sizes = [s for s in bench_allreduce.DEFAULT_SIZES if s <= largest]
-        ab = bench_allreduce.measure_alpha_beta()
-        print(f"# point-to-point fit (ping-pong between 2 processes): {ab}")
-        print(f"# memory copy bandwidth (the ceiling on one machine): "
-              f"{bench_allreduce.memcpy_bandwidth() / 1e9:.2f} GB/s")
-        rows = bench_allreduce.run_allreduce_benchmark(tuple(args.workers or (2, 4)), sizes,
-                                                       horovod=args.horovod)
-        print(bench_allreduce.format_table(rows))
-    elif args.what == "pipeline":
-        for k in args.workers or (2,):
-            base = bench_pipeline.default_config(k, args.steps or 12, args.batch_size,
-                                                 args.model or "complex", args.partition)
-            for m in args.microbatches or bench_pipeline.DEFAULT_MICROBATCHES:
-                try:
-                    validate(replace(base, strategy="pipeline-gpipe", microbatches=m))
-                except ConfigError as err:
-                    _fail(f"python -m parcourse bench: error: {err}")
-            print(f"# P = {k} stages, {base.model} model cut by {base.partition}, global "
-                  f"batch {base.batch_size}, {base.steps} steps (the first left out)")
-            print(bench_pipeline.format_rows(bench_pipeline.measure(
-                base, tuple(args.microbatches or bench_pipeline.DEFAULT_MICROBATCHES))))
-    else:
-        for k in args.workers or (2,):
-            base = TrainConfig(strategy="ddp", workers=k, steps=args.steps or 200,
-                               batch_size=args.batch_size, model=args.model or "simple")
-            try:
-                validate(base)
-            except ConfigError as err:
-                _fail(f"python -m parcourse bench: error: {err}")
-            print(f"# K = {k}, {base.model} model, global batch {base.batch_size}, "
-                  f"{base.steps} steps, best of 3 interleaved rounds")
-            print(bench_training.format_rows(bench_training.compare_strategies(base=base)))
-    return 0
-
-
-def _bench_kernels(args: argparse.Namespace) -> int:
-    from .kernels import bench as bench_kernels
-
-    result = bench_kernels.run(quick=args.quick)
-    print(bench_kernels.format_report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    return 0
 
 
 PRECISION_CHOICES = ("fp64", "fp32", "bf16", "fp16")
@@ -290,7 +208,7 @@ def _check_writable(path: str | None, option: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"train": train_command, "bench": bench_command}[args.command](args)
+    return {"train": train_command, "bench": bench_command.run}[args.command](args)
 
 
 if __name__ == "__main__":
