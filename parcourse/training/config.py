@@ -59,6 +59,9 @@ class TrainConfig:
     """Micro-batches per step in a pipeline (1: the naive layer split)."""
     partition: str = "parameters"
     """Where to cut a pipeline: parameters, time, or cut points such as 3 or 2,5."""
+    reshard_after_forward: bool = True
+    """FSDP: free each layer's gathered parameters after forward and gather them again in
+    backward (``--no-reshard-after-forward`` keeps them: less traffic, more memory)."""
     checkpoint: str | None = None
     """File for checkpoints (:mod:`parcourse.checkpoint`)."""
     checkpoint_every: int = 0
