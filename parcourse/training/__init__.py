@@ -11,11 +11,11 @@ importing this package imports them all, in the order the command line lists the
 * :mod:`.adapters` — each strategy's part of the model ↔ the unsplit model (checkpoints);
 * strategies: :mod:`.single`, :mod:`.ddp` (ddp, dp-manual, dp-bucketed), :mod:`.horovod`,
   :mod:`.horovod_elastic`, :mod:`.pipeline` (pipeline-gpipe, pipeline-1f1b, dp-pp),
-  :mod:`.tensor`, :mod:`.fsdp`.
+  :mod:`.tensor`, :mod:`.fsdp`, :mod:`.torch_zero` (torch-zero1).
 """
 
 from . import (single, ddp, horovod, horovod_elastic, pipeline, tensor,  # noqa: F401
-               fsdp)  # (each registers its strategies)
+               fsdp, torch_zero)  # (each registers its strategies)
 from .config import DATASETS, DTYPES, OPTIMIZERS, TrainConfig, TrainResult
 from .registry import REGISTRY, Strategy, register, train, validate
 

@@ -7,6 +7,7 @@ strategy resumes under any other. Each strategy has one adapter:
 * :class:`Replica` — the worker holds the whole model (single, data parallelism);
 * :class:`Stages` — the worker holds consecutive layers ``start … end − 1`` (pipelines);
 * :class:`TensorShards` — the worker holds 1/K of each split layer (tensor parallelism);
+* :class:`ShardedOptimizer` — the whole model, 1/K of the optimizer state (torch-zero1);
 * :class:`FullyShardedReplica` — 1/K of every parameter and its state (FSDP2).
 
 ``full()`` is called on every worker at the same step (it may use collectives) and
@@ -98,6 +99,16 @@ class TensorShards:
             saved["model"], self.model, self.rank, self.world_size)
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(optimizer_state(saved["optimizer"]))
+
+
+class ShardedOptimizer(Replica):
+    """The whole model on every worker, the optimizer state split over them
+    (``ZeroRedundancyOptimizer``): gathered on rank 0 to save. Its ``load_state_dict``
+    takes the unsplit state and keeps this worker's part, so loading is :class:`Replica`'s."""
+
+    def full(self):
+        self.optimizer.consolidate_state_dict(to=0)  # a collective: every worker calls it
+        return super().full()
 
 
 def numbered_optimizer_state(named: dict, names: list[str]) -> dict:
