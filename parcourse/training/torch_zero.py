@@ -5,8 +5,8 @@ Every worker holds the whole model and, after DDP's all-reduce, the whole gradie
 optimizer state is split: ``ZeroRedundancyOptimizer`` gives each worker whole parameter
 tensors (largest first, each to the least-loaded worker), so it keeps Adam's moments of
 those only, steps them, and broadcasts the updated tensors to the others. With 3 workers
-the simple model's 784×64 weight goes to one worker and the five smaller tensors to the
-other two: shards only as even as the tensor sizes allow
+the simple model's 64×784 weight goes to one worker, its 64×64 weight to another and the
+four small tensors to the third: shards only as even as the tensor sizes allow
 (:mod:`parcourse.chapters.memory` measures it).
 
 The batch is split as dp-manual splits it (weighted shards, any B ≥ K): worker k
@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .loop import OPTIMIZER_CLASSES, replica_loss
 from .registry import WEIGHTED, Strategy, register
 from .worker import batch_of, load_data_and_model, result, train_worker
+
 
 def sum_hook(_state, bucket):
     """DDP communication hook: all-reduce a bucket (``dist.GradBucket``) of gradients and
