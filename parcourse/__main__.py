@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{option_help('recompute')}: recompute each block's activations "
                         f"in backward instead of keeping them (less memory, about one more "
                         f"forward pass of time)")
+    t.add_argument("--no-reshard-after-forward", dest="reshard_after_forward",
+                   action="store_false",
+                   help=f"{option_help('reshard_after_forward')}: keep each layer's gathered "
+                        f"parameters from forward to backward instead of gathering them "
+                        f"again (less traffic, more memory)")
     t.add_argument("--timeout", type=float, default=defaults.timeout, metavar="SECONDS",
                    help="stop the workers if they have not finished by then (default: %(default)s)")
     t.add_argument("--save", metavar="FILE",

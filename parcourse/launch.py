@@ -89,7 +89,7 @@ def choose_backend(world_size: int, backend: str = "auto", gpus: int | None = No
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if gpus is None:
-        gpus = torch.cuda.devicecount() if torch.cuda.is_available() else 0
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if backend == "gloo":
         return "gloo", "gloo was asked for"
     if backend == "nccl":

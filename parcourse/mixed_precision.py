@@ -70,8 +70,9 @@ class LossScaler:
         grads = [g for g in grads if g is not None]
         bad = torch.zeros(1, dtype=torch.float32, device=grads[0].device if grads else "cpu")
         for g in grads:
-            bad += (~torch.isfinite(g)).any().float()
-            g.div_(self.scale)
+            local = g.to_local() if hasattr(g, "to_local") else g   # FSDP2: this shard
+            bad += (~torch.isfinite(local)).any().float()
+            local.div_(self.scale)
         if agree is not None:
             agree(bad)
         return bad.item() == 0

@@ -12,10 +12,11 @@ importing this package imports them all, in the order the command line lists the
 * strategies: :mod:`.single`, :mod:`.ddp` (ddp, dp-manual, dp-bucketed), :mod:`.zero`
   (zero1, zero2, zero3), :mod:`.horovod`,
   :mod:`.horovod_elastic`, :mod:`.pipeline` (pipeline-gpipe, pipeline-1f1b, dp-pp),
-  :mod:`.tensor`.
+  :mod:`.tensor`, :mod:`.fsdp`, :mod:`.torch_zero` (torch-zero1).
 """
 
-from . import single, ddp, zero, horovod, horovod_elastic, pipeline, tensor  # noqa: F401
+from . import (single, ddp, zero, horovod, horovod_elastic, pipeline, tensor,  # noqa: F401
+               fsdp, torch_zero)  # (each registers its strategies)
 from .config import DATASETS, DTYPES, OPTIMIZERS, TrainConfig, TrainResult
 from .registry import REGISTRY, Strategy, register, train, validate
 

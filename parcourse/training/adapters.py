@@ -8,6 +8,8 @@ strategy resumes under any other. Each strategy has one adapter:
 * :class:`Stages` — the worker holds consecutive layers ``start … end − 1`` (pipelines);
 * :class:`TensorShards` — the worker holds 1/K of each split layer (tensor parallelism);
 * :class:`ZeroShards` — the worker holds 1/K of the flat parameters and optimizer state (ZeRO).
+* :class:`ShardedOptimizer` — the whole model, 1/K of the optimizer state (torch-zero1);
+* :class:`FullyShardedReplica` — 1/K of every parameter and its state (FSDP2).
 
 ``full()`` is called on every worker at the same step (it may use collectives) and
 returns ``(model_state, optimizer_state)`` on rank 0, ``None`` elsewhere; ``load(saved)``
@@ -113,3 +115,60 @@ class ZeroShards:
 
     def load(self, saved: dict) -> None:
         zero_state.load_state(self.engine, saved["model"], saved["optimizer"])
+class ShardedOptimizer(Replica):
+    """The whole model on every worker, the optimizer state split over them
+    (``ZeroRedundancyOptimizer``): gathered on rank 0 to save. Its ``load_state_dict``
+    takes the unsplit state and keeps this worker's part, so loading is :class:`Replica`'s."""
+
+    def full(self):
+        self.optimizer.consolidate_state_dict(to=0)  # a collective: every worker calls it
+        return super().full()
+
+
+def numbered_optimizer_state(named: dict, names: list[str]) -> dict:
+    """An optimizer state keyed by parameter names (FQNs, as torch.distributed.checkpoint
+    writes it) → the same state numbered 0, 1, … in the model's order ``names``."""
+    (group,) = named["param_groups"]
+    number = {name: i for i, name in enumerate(names)}
+    return {"state": {number[name]: value for name, value in named["state"].items()},
+            "param_groups": [dict(group, params=[number[n] for n in group["params"]])]}
+
+
+def named_optimizer_state(numbered: dict, names: list[str]) -> dict:
+    """The inverse of :func:`numbered_optimizer_state`."""
+    (group,) = numbered["param_groups"]
+    return {"state": {names[i]: value for i, value in numbered["state"].items()},
+            "param_groups": [dict(group, params=[names[i] for i in group["params"]])]}
+
+
+class FullyShardedReplica:
+    """Every parameter cut in K pieces along dim 0 (FSDP2's DTensors), its optimizer state
+    likewise. ``torch.distributed.checkpoint.state_dict`` gathers the full model and
+    optimizer state onto rank 0's CPU, with parameter names as the optimizer's keys; they
+    are numbered here in model order, and named again on load, where every worker cuts
+    its pieces out of the full tensors."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int):
+        self.model, self.optimizer, self.rank = model, optimizer, rank
+        self.names = [name for name, _ in model.named_parameters()]
+
+    def full(self):
+        from torch.distributed.checkpoint import state_dict as dcp
+
+        # all-gathers: every worker takes part; rank 0 gets the tensors, the others {}
+        options = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = dcp.get_model_state_dict(self.model, options=options)
+        optimizer_state = dcp.get_optimizer_state_dict(self.model, self.optimizer,
+                                                       options=options)
+        if self.rank != 0:
+            return None
+        return model_state, numbered_optimizer_state(optimizer_state, self.names)
+
+    def load(self, saved: dict) -> None:
+        from torch.distributed.checkpoint import state_dict as dcp
+
+        options = dcp.StateDictOptions(full_state_dict=True)  # every worker holds it all
+        dcp.set_model_state_dict(self.model, saved["model"], options=options)
+        dcp.set_optimizer_state_dict(self.model, self.optimizer,
+                                     named_optimizer_state(saved["optimizer"], self.names),
+                                     options=options)

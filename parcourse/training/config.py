@@ -66,6 +66,9 @@ class TrainConfig:
     recompute: bool = False
     """Recompute each block's activations in backward instead of keeping them
     (:mod:`parcourse.recompute`)."""
+    reshard_after_forward: bool = True
+    """FSDP: free each layer's gathered parameters after forward and gather them again in
+    backward (``--no-reshard-after-forward`` keeps them: less traffic, more memory)."""
     checkpoint: str | None = None
     """File for checkpoints (:mod:`parcourse.checkpoint`)."""
     checkpoint_every: int = 0

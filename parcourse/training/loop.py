@@ -41,13 +41,12 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: mixed_precision.Los
     if finite:
         optimizer.step()
     scaler.update(finite)
+OPTIMIZER_CLASSES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     """Plain SGD or Adam with the given learning rate."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    return torch.optim.Adam(params, lr=lr)
+    return OPTIMIZER_CLASSES[name](params, lr=lr)
 
 
 def progress_bar(config: TrainConfig, enabled: bool, initial: int = 0):

@@ -27,7 +27,7 @@ from .config import DATASETS, DTYPES, OPTIMIZERS, TrainConfig, TrainResult
 
 # Options that only some strategies take; every other field of TrainConfig applies to all.
 SPECIFIC = ("allreduce", "bucket_kb", "fp16_allreduce", "accumulation", "stages",
-            "microbatches", "partition", "recompute", "precision")
+            "microbatches", "partition", "recompute", "precision", "reshard_after_forward")
 # Of those, the ones that tune how a strategy runs, not what it computes: a strategy that
 # does not take them ignores them, so that one configuration serves several strategies
 # (the book's comparisons do this). Setting any other specific option for a strategy that
@@ -92,7 +92,10 @@ def option_help(option: str) -> str:
 
 
 def _flag(option: str) -> str:
-    return "--" + option.replace("_", "-")
+    """The command-line flag that changes ``option``: ``--x-y``, or ``--no-x-y`` for a
+    switch that is on by default."""
+    name = option.replace("_", "-")
+    return f"--no-{name}" if getattr(TrainConfig(), option) is True else f"--{name}"
 
 
 def _check_options(config: TrainConfig, check) -> None:
