@@ -10,13 +10,13 @@ importing this package imports them all, in the order the command line lists the
 * :mod:`.worker` — a worker's set-up, resume and checkpoints, and rank 0's result;
 * :mod:`.adapters` — each strategy's part of the model ↔ the unsplit model (checkpoints);
 * strategies: :mod:`.single`, :mod:`.ddp` (ddp, dp-manual, dp-bucketed), :mod:`.zero`
-  (zero1, zero2, zero3), :mod:`.horovod`,
+  (zero1, zero2, zero3), :mod:`.fsdp`, :mod:`.torch_zero` (torch-zero1), :mod:`.horovod`,
   :mod:`.horovod_elastic`, :mod:`.pipeline` (pipeline-gpipe, pipeline-1f1b, dp-pp),
-  :mod:`.tensor`, :mod:`.fsdp`, :mod:`.torch_zero` (torch-zero1).
+  :mod:`.tensor`.
 """
 
-from . import (single, ddp, zero, horovod, horovod_elastic, pipeline, tensor,  # noqa: F401
-               fsdp, torch_zero)  # (each registers its strategies)
+from . import (single, ddp, zero, fsdp, torch_zero,  # noqa: F401  (each registers its own)
+               horovod, horovod_elastic, pipeline, tensor)
 from .config import DATASETS, DTYPES, OPTIMIZERS, TrainConfig, TrainResult
 from .registry import REGISTRY, Strategy, register, train, validate
 

@@ -148,15 +148,16 @@ def test_help_documents_every_option():
            "first or save elsewhere"),
     (["--metrics", "/"], ERR + "--metrics / is a folder: name a file in it"),
     (["--strategy", "magic"], ERR + "unknown --strategy 'magic': choose one of single, ddp, "
-                                   "dp-manual, dp-bucketed, horovod, horovod-elastic, "
-                                   "pipeline-gpipe, pipeline-1f1b, dp-pp, tensor, fsdp, "
-                                   "torch-zero1"),
+                                   "dp-manual, dp-bucketed, zero1, zero2, zero3, fsdp, "
+                                   "torch-zero1, horovod, horovod-elastic, pipeline-gpipe, "
+                                   "pipeline-1f1b, dp-pp, tensor"),
     (["--model", "resnet"], ERR + "unknown --model 'resnet': choose one of simple, complex"),
     (["--optimizer", "lamb"], ERR + "unknown --optimizer 'lamb': choose one of sgd, adam"),
     (["--strategy", "single", "--workers", "2"],
      ERR + "--strategy single runs on one worker (got --workers 2): use a parallel "
-           "strategy (ddp, dp-manual, dp-bucketed, horovod, horovod-elastic, pipeline-gpipe, "
-           "pipeline-1f1b, dp-pp, tensor, fsdp, torch-zero1) for several"),
+           "strategy (ddp, dp-manual, dp-bucketed, zero1, zero2, zero3, fsdp, torch-zero1, "
+           "horovod, horovod-elastic, pipeline-gpipe, pipeline-1f1b, dp-pp, tensor) for "
+           "several"),
     (["--accumulation", "0"], ERR + "--accumulation must be at least 1 (got 0)"),
     (["--strategy", "ddp", "--workers", "2", "--fp16-allreduce"],
      ERR + "--fp16-allreduce works with --strategy horovod (got --strategy ddp)"),

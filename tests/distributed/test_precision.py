@@ -24,7 +24,8 @@ from parcourse import compare
 UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "fp16": 2.0 ** -11}
 
 
-@pytest.mark.parametrize("strategy, workers", [("single", 1), ("ddp", 2), ("zero3", 3)])
+@pytest.mark.parametrize("strategy, workers", [("single", 1), ("ddp", 2), ("zero3", 3),
+                                               ("fsdp", 2)])
 def test_recomputation_computes_the_same_function(tmp_path, strategy, workers):
     reference = train_and_load(tmp_path, "single", "--model", "complex", *OPTIMIZERS["adam"])
     result = train_and_load(tmp_path, strategy, "--model", "complex", "--strategy", strategy,
@@ -39,7 +40,8 @@ def test_bf16_strategies_stay_within_the_bf16_noise_floor(tmp_path):
 
     reference = run("single")
     floor = run("halves", "--accumulation", "2", env={**os.environ, "OMP_NUM_THREADS": "1"})
-    for strategy, workers in (("ddp", 2), ("zero1", 2), ("zero3", 3)):
+    for strategy, workers in (("ddp", 2), ("zero1", 2), ("zero3", 3), ("fsdp", 2),
+                              ("torch-zero1", 2)):
         result = run(strategy, "--strategy", strategy, "--workers", str(workers))
         gap, noise = compare.within_noise(result, reference, floor, what=f"bf16 {strategy}")
         print(f"bf16 {strategy}: {gap.absolute:.2e}; noise floor {noise.absolute:.2e}")
@@ -67,10 +69,10 @@ def test_the_loss_curve_stays_within_twice_the_unit_roundoff_of_fp32(tmp_path, p
                                     "bf16, fp16"),
     (["--strategy", "tensor", "--workers", "2", "--precision", "bf16"],
      ERR + "--precision works with --strategy single, ddp, dp-manual, dp-bucketed, zero1, "
-           "zero2 or zero3 (got --strategy tensor)"),
+           "zero2, zero3, fsdp or torch-zero1 (got --strategy tensor)"),
     (["--strategy", "pipeline-1f1b", "--workers", "2", "--recompute"],
      ERR + "--recompute works with --strategy single, ddp, dp-manual, dp-bucketed, zero1, "
-           "zero2 or zero3 (got --strategy pipeline-1f1b)"),
+           "zero2, zero3, fsdp or torch-zero1 (got --strategy pipeline-1f1b)"),
 ])
 def test_bad_input_is_one_line(args, message):
     done = parcourse("train", *args)
