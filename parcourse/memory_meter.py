@@ -98,6 +98,12 @@ class PeakMemory:
             self._meter.__enter__()
         return self
 
+    def current(self) -> int:
+        """The bytes held now (CUDA: allocated; CPU: the live storages seen so far)."""
+        if self._meter is None:
+            return torch.cuda.memory_allocated(self.device)
+        return self._meter.current()
+
     def __exit__(self, *exc) -> None:
         if self._meter is None:
             torch.cuda.synchronize(self.device)

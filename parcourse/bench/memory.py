@@ -34,49 +34,57 @@ def _batch(batch_size: int, dtype: torch.dtype, device, seed: int):
     return x, torch.randint(NUM_CLASSES, (batch_size,), generator=generator).to(device)
 
 
-def _ddp(model: nn.Module, optimizer_name: str, device):
+class _Run:
+    """One variant's training step in three parts, and what it holds."""
+
+    def __init__(self, model: nn.Module, optimizer, forward, zero_grad, update, held, live,
+                 close=lambda: None):
+        self.model, self.optimizer, self.forward = model, optimizer, forward
+        self.zero_grad, self.update, self.held, self.live, self.close = \
+            zero_grad, update, held, live, close
+
+    def step(self, x, y) -> None:
+        self.zero_grad()
+        F.cross_entropy(self.forward(x), y).backward()
+        self.update()
+
+
+def _optimizer_tensors(optimizer) -> list[torch.Tensor]:
+    return [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+
+
+def _ddp(model: nn.Module, optimizer_name: str, device) -> _Run:
     """DDP with its default ``gradient_as_bucket_view=False``: its buckets hold a second
     copy of the gradients while they are all-reduced."""
     replica = nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(optimizer_name, replica.parameters(), 1e-3)
-
-    def step(x, y):
-        optimizer.zero_grad()
-        F.cross_entropy(replica(x), y).backward()
-        optimizer.step()
+    params = list(model.parameters())
 
     def held():
-        params = list(model.parameters())
-        state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
         return {"parameters": tensor_bytes(params),
                 "gradients": tensor_bytes(p.grad for p in params if p.grad is not None),
-                "optimizer state": tensor_bytes(state)}
+                "optimizer state": tensor_bytes(_optimizer_tensors(optimizer))}
 
-    return step, held, lambda: [*model.parameters(), *(p.grad for p in model.parameters()
-                                                      if p.grad is not None),
-                               *(v for s in optimizer.state.values() for v in s.values()
-                                 if torch.is_tensor(v))]
+    def live():
+        return [*params, *(p.grad for p in params if p.grad is not None),
+                *_optimizer_tensors(optimizer)]
+
+    return _Run(model, optimizer, replica, optimizer.zero_grad, optimizer.step, held, live)
 
 
 def _zero(stage: int):
-    def build(model: nn.Module, optimizer_name: str, device):
+    def build(model: nn.Module, optimizer_name: str, device) -> _Run:
         rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         engine = Zero(model, stage, lambda shards: make_optimizer(optimizer_name, shards, 1e-3),
                       rank, world_size)
 
-        def step(x, y):
-            engine.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            engine.step()
-
         def live():
-            state = [v for s in engine.optimizer.state.values() for v in s.values()
-                     if torch.is_tensor(v)]
             return [*engine.full, *engine.masters, *(g for g in engine.grads if g is not None),
-                    *state]
+                    *_optimizer_tensors(engine.optimizer)]
 
-        return step, lambda: engine.held, live, engine
+        return _Run(model, engine.optimizer, model, engine.zero_grad, engine.step,
+                    lambda: engine.held, live, engine.close)
     return build
 
 
@@ -93,28 +101,31 @@ def memory_worker(rank: int, world_size: int, model_name: str, optimizer_name: s
     out = {}
     for variant in variants:
         model = build_model(model_name, seed=0, dtype=torch_dtype).to(device)
-        built = BUILDERS[variant](model, optimizer_name, device)
-        step, held, live = built[:3]
-        step(x, y)                                    # the optimizer state exists from now
+        run = BUILDERS[variant](model, optimizer_name, device)
+        run.step(x, y)                                # the optimizer state exists from now
         collectives.reset_bytes_sent()
-        with PeakMemory(device, track=[*live(), x, y]) as peak:
-            step(x, y)
+        with PeakMemory(device, track=[*run.live(), x, y]) as peak:
+            run.zero_grad()
+            loss = F.cross_entropy(run.forward(x), y)
+            after_forward = peak.current()
+            loss.backward()
+            del loss
+            run.update()
         sent = collectives.bytes_sent()
         times = []
         for _ in range(repeats):
             torch.distributed.barrier()
             start = time.perf_counter()
-            step(x, y)
+            run.step(x, y)
             times.append(time.perf_counter() - start)
+        run.close()
         formula = zero_ledger.state_bytes(model_name, variant, world_size, optimizer_name,
                                           torch_dtype)
-        out[variant] = {"held": held(), "formula": formula, "peak": peak.peak,
-                        "method": peak.method, "seconds": statistics.median(times),
-                        "sent": sent,
+        out[variant] = {"held": run.held(), "formula": formula, "peak": peak.peak,
+                        "after_forward": after_forward, "method": peak.method,
+                        "seconds": statistics.median(times), "sent": sent,
                         "sent_formula": zero_ledger.bytes_sent(model_name, variant,
                                                                world_size, torch_dtype)}
-        if len(built) > 3:
-            built[3].close()
     return out
 
 
