@@ -3,6 +3,8 @@ run (float64, parcourse.compare.FLOAT64_TOLERANCE), for SGD and Adam, for K that
 divide the model's size or the batch, and for the CNN's 4-D weights."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +77,11 @@ def test_float32_zero3_stays_within_the_noise_floor_measured_in_this_run(tmp_pat
 def test_bad_input_is_one_line(args, message):
     done = parcourse("train", *COMMON, *args)
     assert (done.returncode, done.stderr) == (2, message + "\n")
+
+
+def test_zero3_under_torchrun(tmp_path, single):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = (str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "parcourse")
+    result = train_and_load(tmp_path, "torchrun", "--strategy", "zero3", *OPTIMIZERS["sgd"],
+                            launcher=launcher)
+    assert_same_parameters(result, single["sgd"])
