@@ -91,6 +91,20 @@ def _zero(stage: int):
 BUILDERS = {"ddp": _ddp, "zero1": _zero(1), "zero2": _zero(2), "zero3": _zero(3)}
 
 
+def _single_peak(model_name: str, optimizer_name: str, x, y, device) -> int:
+    """The peak of one process's step on this rank's samples, the whole model (no
+    communication): what :func:`~parcourse.data_parallel.zero_ledger.predicted_peak`
+    starts from."""
+    model = build_model(model_name, seed=0, dtype=x.dtype).to(device)
+    optimizer = make_optimizer(optimizer_name, model.parameters(), 1e-3)
+    run = _Run(model, optimizer, model, optimizer.zero_grad, optimizer.step, None, None)
+    run.step(x, y)
+    with PeakMemory(device, track=[*model.parameters(), *_optimizer_tensors(optimizer),
+                                   x, y]) as peak:
+        run.step(x, y)
+    return peak.peak
+
+
 def memory_worker(rank: int, world_size: int, model_name: str, optimizer_name: str,
                   dtype: str, batch_size: int, variants=VARIANTS, repeats: int = 5) -> dict:
     """Per variant: held bytes by kind, the formula, the measured and predicted peak, the
@@ -98,7 +112,7 @@ def memory_worker(rank: int, world_size: int, model_name: str, optimizer_name: s
     device = launch.device()
     torch_dtype = getattr(torch, dtype)
     x, y = _batch(batch_size // world_size, torch_dtype, device, seed=rank)
-    out = {}
+    out = {"single": _single_peak(model_name, optimizer_name, x, y, device)}
     for variant in variants:
         model = build_model(model_name, seed=0, dtype=torch_dtype).to(device)
         run = BUILDERS[variant](model, optimizer_name, device)
@@ -121,7 +135,10 @@ def memory_worker(rank: int, world_size: int, model_name: str, optimizer_name: s
         run.close()
         formula = zero_ledger.state_bytes(model_name, variant, world_size, optimizer_name,
                                           torch_dtype)
+        predicted = zero_ledger.predicted_peak(out["single"], model_name, variant, world_size,
+                                               optimizer_name, torch_dtype)
         out[variant] = {"held": run.held(), "formula": formula, "peak": peak.peak,
+                        "predicted_peak": predicted,
                         "after_forward": after_forward, "method": peak.method,
                         "seconds": statistics.median(times), "sent": sent,
                         "sent_formula": zero_ledger.bytes_sent(model_name, variant,
@@ -140,16 +157,21 @@ def measure(world_size: int = 2, model_name: str = "complex", optimizer_name: st
 def format_table(per_rank: list[dict]) -> str:
     """Rank 0's measured bytes beside the formula, the peak, time against DDP, bytes sent."""
     rows = per_rank[0]
-    reference = rows.get("ddp", next(iter(rows.values())))["seconds"]
+    reference = rows["ddp"]["seconds"] if "ddp" in rows else \
+        next(r for v, r in rows.items() if v != "single")["seconds"]
     head = (f"{'variant':<8}" + "".join(f"{k + ' (KiB)':>24}" for k in KINDS)
-            + f"{'peak KiB':>10}{'step ×DDP':>10}{'sent KiB':>10}{'formula':>10}")
+            + f"{'peak KiB':>10}{'predicted':>10}{'step ×DDP':>10}{'sent KiB':>10}"
+              f"{'formula':>10}")
     lines = [head]
     for variant, row in rows.items():
+        if variant == "single":
+            continue
         cells = "".join(f"{row['held'][k] / 1024:>11,.1f} = {row['formula'][k] / 1024:>10,.1f}"
                         if row['held'][k] == row['formula'][k]
                         else f"{row['held'][k] / 1024:>11,.1f} ≠ {row['formula'][k] / 1024:>10,.1f}"
                         for k in KINDS)
         lines.append(f"{variant:<8}{cells}{row['peak'] / 1024:>10,.0f}"
+                     f"{row['predicted_peak'] / 1024:>10,.0f}"
                      f"{row['seconds'] / reference:>10.2f}{row['sent'] / 1024:>10,.1f}"
                      f"{row['sent_formula'] / 1024:>10,.1f}")
     return "\n".join(lines)

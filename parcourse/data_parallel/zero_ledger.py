@@ -78,3 +78,43 @@ def ideal_bytes_per_parameter(stage: int, world_size: int, mixed: bool = False) 
     return {"parameters": p / k if stage >= 3 else p,
             "gradients": g / k if stage >= 2 else g,
             "optimizer state": o / k if stage >= 1 else o}
+
+
+def between_steps_bytes(model_name: str, variant: str, world_size: int, optimizer: str = "adam",
+                        dtype: torch.dtype = torch.float32, bucket_bytes: int = 1 << 20) -> int:
+    """What a rank keeps from one step to the next (gradients set to None in between,
+    except ZeRO-1's flat buffer; DDP keeps its buckets, a second Ψe: its default
+    ``gradient_as_bucket_view=False``)."""
+    held = state_bytes(model_name, variant, world_size, optimizer, dtype, bucket_bytes)
+    keep = held["parameters"] + held["optimizer state"]
+    if variant == "zero1":
+        keep += held["gradients"]
+    if variant == "ddp":
+        keep += held["gradients"]            # the buckets
+    return keep
+
+
+def predicted_peak(single_peak: int, model_name: str, variant: str, world_size: int,
+                   optimizer: str = "adam", dtype: torch.dtype = torch.float32,
+                   bucket_bytes: int = 1 << 20) -> int:
+    """A rank's peak, predicted from the single-device peak on the same local batch.
+
+    One device peaks in backward at P + O + (activations and gradients alive then). A
+    sharded rank computes the same forward and backward on its samples, so only what it
+    keeps between steps differs (:func:`between_steps_bytes`), and: ZeRO-1 accumulates the
+    gradients into its kept flat buffer instead of new tensors (−Ψe); ZeRO-3 holds the
+    block that computes gathered. The peak comes where the activations are widest; for the
+    book's models (and any whose first layers see the largest tensors) that is the first
+    block's backward, so ZeRO-3 adds the first block, with nothing left to prefetch.
+    """
+    e = torch.empty(0, dtype=dtype).element_size()
+    sizes = _groups(model_name, "ddp", bucket_bytes, dtype)
+    single = state_bytes(model_name, "ddp", 1, optimizer, dtype, bucket_bytes)
+    peak = (single_peak - single["parameters"] - single["optimizer state"]
+            + between_steps_bytes(model_name, variant, world_size, optimizer, dtype,
+                                  bucket_bytes))
+    if variant == "zero1":
+        peak -= sum(sizes) * e
+    if variant == "zero3":
+        peak += _groups(model_name, "zero3", bucket_bytes, dtype)[0] * e
+    return peak

@@ -85,3 +85,16 @@ def test_zero3_under_torchrun(tmp_path, single):
     result = train_and_load(tmp_path, "torchrun", "--strategy", "zero3", *OPTIMIZERS["sgd"],
                             launcher=launcher)
     assert_same_parameters(result, single["sgd"])
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_memory_per_rank_is_the_formula_and_the_peak_is_predicted(workers):
+    """States counted from the tensors equal the ledger exactly, on every rank (K = 3 pads
+    every layer); the peak measured on the CPU is within 10% of the ledger's prediction."""
+    from parcourse.bench import memory
+
+    for rank, rows in enumerate(memory.measure(workers, "complex", batch_size=48)):
+        for variant in memory.VARIANTS:
+            row = rows[variant]
+            assert row["held"] == row["formula"], (rank, variant)
+            assert abs(row["peak"] / row["predicted_peak"] - 1) <= 0.10, (rank, variant, row)
