@@ -38,8 +38,9 @@ def unsupported(precision: str, device: torch.device) -> str | None:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(
             including_emulation=False):
         name = torch.cuda.get_device_name(device)
+        major, minor = torch.cuda.get_device_capability(device)
         return f"--precision bf16 needs a GPU with bfloat16 arithmetic (compute capability " \
-               f"8.0 or later), but {name} has not: use --precision fp16"
+               f"8.0 or later); {name} has {major}.{minor}: use --precision fp16"
     return None
 
 

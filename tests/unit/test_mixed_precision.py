@@ -55,3 +55,13 @@ def test_autocast_runs_products_in_16_bits_and_full_precision_does_nothing():
         with mixed_precision.autocast(precision, x.device):
             assert layer(x).dtype == dtype
     assert mixed_precision.unsupported("bf16", torch.device("cpu")) is None
+
+
+def test_bf16_on_a_gpu_without_bf16_arithmetic_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert mixed_precision.unsupported("bf16", torch.device("cuda", 0)) == (
+        "--precision bf16 needs a GPU with bfloat16 arithmetic (compute capability 8.0 or "
+        "later); Tesla T4 has 7.5: use --precision fp16")
+    assert mixed_precision.unsupported("fp16", torch.device("cuda", 0)) is None
