@@ -39,11 +39,14 @@ class LiveBytes(TorchDispatchMode):
 
     ``with LiveBytes(track=state) as meter: step()`` — ``track`` adds tensors that exist
     before (parameters, gradients, optimizer state); ``meter.peak`` is the largest total
-    after any operator, ``meter.current()`` the total now.
+    after any operator, ``meter.current()`` the total now. With ``created_only`` it counts
+    only the storages that operators create (an output that is none of the operator's
+    inputs), so what existed before the block is left out.
     """
 
-    def __init__(self, track: Iterable[torch.Tensor] = ()):
+    def __init__(self, track: Iterable[torch.Tensor] = (), created_only: bool = False):
         super().__init__()
+        self.created_only = created_only
         self._storages: dict[int, weakref.ref] = {}
         self._lock = threading.Lock()
         self.peak = 0
@@ -73,8 +76,15 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        leaves, _ = tree_flatten((args, kwargs, out))
-        self.track(leaf for leaf in leaves if isinstance(leaf, torch.Tensor))
+        if self.created_only:
+            inputs, _ = tree_flatten((args, kwargs))
+            before = {t.untyped_storage()._cdata for t in inputs if isinstance(t, torch.Tensor)}
+            outputs, _ = tree_flatten(out)
+            self.track(t for t in outputs if isinstance(t, torch.Tensor)
+                       and t.untyped_storage()._cdata not in before)
+        else:
+            leaves, _ = tree_flatten((args, kwargs, out))
+            self.track(leaf for leaf in leaves if isinstance(leaf, torch.Tensor))
         self.peak = max(self.peak, self.current())
         return out
 

@@ -15,9 +15,10 @@ output, naive attention holds the scores and the probabilities at once, ``2 S²`
 per head (plus an ``S × S`` boolean mask when causal); FlashAttention holds the
 log-sum-exp, ``S`` float32 numbers per head: ``O(S)`` instead of ``O(S²)``.
 :func:`peak_live_bytes` measures the peak on any device (a CPU here): it counts every
-tensor storage that the operations create while a function runs (a
-``TorchDispatchMode`` sees each operation's outputs, a ``weakref.finalize`` on each new
-storage sees it freed) and reports the largest total alive at once. It counts what torch
+tensor storage that the operations create while a function runs
+(:class:`parcourse.memory_meter.LiveBytes`: a ``TorchDispatchMode`` sees each operation's
+outputs, a weak reference on each new storage sees it freed) and reports the largest total
+alive at once. It counts what torch
 allocates, which is what a GPU's allocator would hold; it does not see buffers an
 operation uses internally and frees before returning, nor the NumPy arrays of Triton's
 interpreter, which are the emulation's, not the kernel's.
@@ -33,13 +34,10 @@ tiles may be found in L2). :func:`roofline_points` places the counts on a roofli
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from .. import roofline
+from ..memory_meter import LiveBytes
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -154,40 +152,9 @@ def roofline_points(seq_len: int, head_dim: int, *, block_m: int, block_n: int, 
     return points
 
 
-class _LiveBytes(TorchDispatchMode):
-    """Counts the bytes of the storages that operations create, while they are alive."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self.seen: set[int] = set()
-
-    def _freed(self, key: int, nbytes: int) -> None:
-        self.seen.discard(key)
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor)}
-        for tensor in torch.utils._pytree.tree_leaves(out):
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()
-            key, nbytes = id(storage), storage.nbytes()
-            if key in self.seen or nbytes == 0 or storage.data_ptr() in inputs:
-                continue  # counted already, empty, or an input's (in place, a view)
-            self.seen.add(key)
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._freed, key, nbytes)
-        return out
-
-
 def peak_live_bytes(fn: Callable[[], object]) -> int:
     """The largest number of bytes held at once, while ``fn()`` runs, by the tensors that
     its operations create (its output included; tensors made before it are not counted)."""
-    mode = _LiveBytes()
-    with mode:
+    with LiveBytes(created_only=True) as meter:
         fn()
-    return mode.peak
+    return meter.peak
