@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from .. import data as datasets
 from .. import launch
 from ..data_parallel import gradient_sync
 from .adapters import Replica, cpu_state
 from .config import TrainConfig
 from ..mixed_precision import LossScaler
-from .loop import make_optimizer, optimizer_step, replica_loss
-from .registry import EQUAL, WEIGHTED, Strategy, register
-from .worker import batch_of, load_data_and_model, result, train_worker
+from .loop import make_optimizer, optimizer_step
+from .registry import EQUAL, Strategy, register
+from .worker import load_data_and_model, result, shard_loss, train_worker
 
 
 def _ddp(model: nn.Module, config: TrainConfig, device):
@@ -49,20 +48,16 @@ def data_parallel_worker(rank: int, world_size: int, config: TrainConfig):
     dataset, model = load_data_and_model(config, device)
     replica, sync = REPLICATE[config.strategy](model, config, device)
     optimizer = make_optimizer(config.optimizer, replica.parameters(), config.lr)
-    share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
     scaler = LossScaler(config.precision)
 
     def inner_step(step: int) -> float:
-        mine = datasets.shard(batch_of(dataset, config, step), rank, world_size)
         optimizer.zero_grad()
-        loss = replica_loss(replica, dataset.train_x[mine].to(device),
-                            dataset.train_y[mine].to(device), 1,
-                            (share if sync is not None else 1.0) * scaler.scale,
-                            config.precision)
+        loss = shard_loss(replica, dataset, config, step, rank, world_size, device,
+                          scaler.scale, weighted=sync is not None)
         if sync is not None:
             sync.finish()
         optimizer_step(optimizer, scaler)
-        return loss * share
+        return loss
 
     losses, seconds = train_worker(config, inner_step, Replica(model, optimizer, rank),
                                    rank=rank, world_size=world_size, device=device)

@@ -25,13 +25,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import data as datasets
 from .. import launch, mixed_precision
 from .adapters import FullyShardedReplica
 from .config import TrainConfig
-from .loop import make_optimizer, optimizer_step, replica_loss
+from .loop import make_optimizer, optimizer_step
 from .registry import WEIGHTED, Strategy, register
-from .worker import batch_of, load_data_and_model, result, train_worker
+from .worker import load_data_and_model, result, shard_loss, train_worker
 
 
 def shard_model(model: nn.Sequential, device, reshard_after_forward: bool = True,
@@ -64,17 +63,13 @@ def fsdp_worker(rank: int, world_size: int, config: TrainConfig):
     dataset, model = load_data_and_model(config, device)
     model = shard_model(model, device, config.reshard_after_forward, config.precision)
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
-    share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
     scaler = mixed_precision.LossScaler(config.precision)
 
     def inner_step(step: int) -> float:
-        mine = datasets.shard(batch_of(dataset, config, step), rank, world_size)
         optimizer.zero_grad()
-        loss = replica_loss(model, dataset.train_x[mine].to(device),
-                            dataset.train_y[mine].to(device), 1, share * scaler.scale,
-                            config.precision)
+        loss = shard_loss(model, dataset, config, step, rank, world_size, device, scaler.scale)
         optimizer_step(optimizer, scaler, agree=dist.all_reduce)   # shards: all must agree
-        return loss * share
+        return loss
 
     adapter = FullyShardedReplica(model, optimizer, rank)
     losses, seconds = train_worker(config, inner_step, adapter, rank=rank,

@@ -21,13 +21,12 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch import nn
 
-from .. import data as datasets
 from .. import launch, mixed_precision
 from .adapters import ShardedOptimizer, cpu_state
 from .config import TrainConfig
-from .loop import OPTIMIZER_CLASSES, optimizer_step, replica_loss
+from .loop import OPTIMIZER_CLASSES, optimizer_step
 from .registry import WEIGHTED, Strategy, register
-from .worker import batch_of, load_data_and_model, result, train_worker
+from .worker import load_data_and_model, result, shard_loss, train_worker
 
 
 def sum_hook(_state, bucket):
@@ -50,17 +49,14 @@ def torch_zero_worker(rank: int, world_size: int, config: TrainConfig):
     optimizer = ZeroRedundancyOptimizer(replica.parameters(),
                                         optimizer_class=OPTIMIZER_CLASSES[config.optimizer],
                                         lr=config.lr)
-    share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
     scaler = mixed_precision.LossScaler(config.precision)
 
     def inner_step(step: int) -> float:
-        mine = datasets.shard(batch_of(dataset, config, step), rank, world_size)
         optimizer.zero_grad()
-        loss = replica_loss(replica, dataset.train_x[mine].to(device),
-                            dataset.train_y[mine].to(device), 1, share * scaler.scale,
-                            config.precision)
+        loss = shard_loss(replica, dataset, config, step, rank, world_size, device,
+                          scaler.scale)
         optimizer_step(optimizer, scaler)
-        return loss * share
+        return loss
 
     losses, seconds = train_worker(config, inner_step, ShardedOptimizer(model, optimizer, rank),
                                    rank=rank, world_size=world_size, device=device)

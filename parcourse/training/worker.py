@@ -15,7 +15,7 @@ from .. import data as datasets
 from ..models import build_model
 from ..recompute import recompute
 from .config import TrainConfig, TrainResult
-from .loop import InnerStep, Sum, accuracy, run_loop
+from .loop import InnerStep, Sum, accuracy, replica_loss, run_loop
 from .registry import resumable
 
 
@@ -39,6 +39,20 @@ def load_data_and_model(config: TrainConfig, device: torch.device | None = None)
 def batch_of(dataset: datasets.Dataset, config: TrainConfig, step: int) -> torch.Tensor:
     """The indices of the global batch of ``step``."""
     return datasets.global_batch(len(dataset.train_y), config.batch_size, step, config.seed)
+
+
+def shard_loss(model, dataset: datasets.Dataset, config: TrainConfig, step: int, rank: int,
+               world_size: int, device: torch.device, scale: float = 1.0,
+               weighted: bool = True) -> float:
+    """Forward and backward of this worker's shard of step ``step``'s global batch; returns
+    its share B_k/B of the global mean loss. It back-propagates its mean loss × B_k/B ×
+    ``scale`` (``weighted``: the workers' gradients then *sum* to the full batch's), or
+    × ``scale`` alone (an engine that averages equal shards, such as DDP)."""
+    mine = datasets.shard(batch_of(dataset, config, step), rank, world_size)
+    share = len(mine) / config.batch_size
+    loss = replica_loss(model, dataset.train_x[mine].to(device), dataset.train_y[mine].to(device),
+                        1, (share if weighted else 1.0) * scale, config.precision)
+    return loss * share
 
 
 def train_worker(config: TrainConfig, inner_step: InnerStep, adapter, *, rank: int = 0,

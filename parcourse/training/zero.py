@@ -13,15 +13,14 @@ from __future__ import annotations
 import torch.distributed as dist
 
 from .. import collectives, launch, mixed_precision
-from .. import data as datasets
 from ..data_parallel.zero import Zero
 from ..data_parallel.zero_state import full_state
 from ..errors import ConfigError
 from .adapters import ZeroShards
 from .config import TrainConfig
-from .loop import make_optimizer, replica_loss
+from .loop import make_optimizer
 from .registry import WEIGHTED, Strategy, register
-from .worker import batch_of, load_data_and_model, result, train_worker
+from .worker import load_data_and_model, result, shard_loss, train_worker
 
 STAGE = {"zero1": 1, "zero2": 2, "zero3": 3}
 
@@ -40,7 +39,6 @@ def zero_worker(rank: int, world_size: int, config: TrainConfig):
     device = launch.device()
     dataset, model = load_data_and_model(config, device)   # the same seed: equal replicas
     engine = zero_engine(model, config, rank, world_size)
-    share = datasets.shard_sizes(config.batch_size, world_size)[rank] / config.batch_size
     scaler = mixed_precision.LossScaler(config.precision)
 
     def unscale(grads) -> bool:       # shards differ: an overflow anywhere skips everywhere
@@ -49,13 +47,10 @@ def zero_worker(rank: int, world_size: int, config: TrainConfig):
         return finite
 
     def inner_step(step: int) -> float:
-        mine = datasets.shard(batch_of(dataset, config, step), rank, world_size)
         engine.zero_grad()
-        loss = replica_loss(model, dataset.train_x[mine].to(device),
-                            dataset.train_y[mine].to(device), 1, share * scaler.scale,
-                            config.precision)
+        loss = shard_loss(model, dataset, config, step, rank, world_size, device, scaler.scale)
         engine.step(unscale if scaler.enabled else None)
-        return loss * share
+        return loss
 
     try:
         losses, seconds = train_worker(config, inner_step, ZeroShards(engine, rank),
