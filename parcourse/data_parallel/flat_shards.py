@@ -103,16 +103,23 @@ def group_parameters(model: nn.Module, bucket_bytes: int | None) -> list[tuple[l
             groups.setdefault(name.split(".")[0], []).append((name, p))
         chunks = list(groups.values())
     else:
-        chunks, current, size = [], [], 0
-        for name, p in named:
-            current.append((name, p))
-            size += p.numel() * p.element_size()
-            if size >= bucket_bytes:
-                chunks.append(current)
-                current, size = [], 0
-        if current:
-            chunks.append(current)
+        chunks = fill_buckets(named, bucket_bytes, lambda item: item[1])
     return [([n for n, _ in chunk], [p for _, p in chunk]) for chunk in chunks]
+
+
+def fill_buckets(items: list, bucket_bytes: int, tensor_of=lambda item: item) -> list[list]:
+    """Consecutive items in buckets of at least ``bucket_bytes`` (the last may be smaller)."""
+    buckets, current, size = [], [], 0
+    for item in items:
+        tensor = tensor_of(item)
+        current.append(item)
+        size += tensor.numel() * tensor.element_size()
+        if size >= bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+    if current:
+        buckets.append(current)
+    return buckets
 
 
 def module_of(model: nn.Module, group: FlatGroup) -> nn.Module:

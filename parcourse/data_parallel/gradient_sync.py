@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import collectives
+from .flat_shards import fill_buckets
 
 NATIVE = "native"  # dist.all_reduce: the process group's own (gloo or NCCL)
 
@@ -105,15 +106,7 @@ class BucketedGradientAllReduce:
     @staticmethod
     def _make_buckets(params: list, bucket_bytes: int) -> list[_Bucket]:
         """Fill buckets in reverse parameter order: the order backward produces gradients."""
-        groups, current, size = [], [], 0
-        for p in reversed(params):
-            current.append(p)
-            size += p.numel() * p.element_size()
-            if size >= bucket_bytes:
-                groups.append(current)
-                current, size = [], 0
-        if current:
-            groups.append(current)
+        groups = fill_buckets(list(reversed(params)), bucket_bytes)
         return [_Bucket(g, torch.empty(sum(p.numel() for p in g), dtype=g[0].dtype,
                                        device=g[0].device)) for g in groups]
 
