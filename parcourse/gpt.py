@@ -19,8 +19,9 @@ The model is an ``nn.Sequential`` of [embeddings, block 1, …, block L, head], 
 package's per-layer machinery sees its layers: recomputation's blocks, ZeRO-3's groups,
 FSDP's units. The tied table is one ``nn.Parameter`` registered in two layers:
 ``named_parameters()`` lists it once (as ``0.token.weight``), ``state_dict()`` under both
-names. :func:`shared_parameters` says which names are the same tensor. No dropout: the
-function is deterministic, so a parallel run can equal the single run exactly.
+names (:func:`parcourse.models.shared_parameters` says which names are one tensor). No
+dropout: the function is deterministic, so a parallel run can equal the single run
+exactly.
 """
 
 from __future__ import annotations
@@ -133,16 +134,3 @@ def _initialise(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=INIT_STD)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
-
-
-def shared_parameters(model: nn.Module) -> dict[str, str]:
-    """Each *other* name of a parameter registered under several names → the name that
-    ``named_parameters()`` lists it under (for the GPT: the head's ``weight`` → the token
-    table's ``0.token.weight``)."""
-    first: dict[int, str] = {}
-    aliases = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        owner = first.setdefault(id(p), name)
-        if owner != name:
-            aliases[name] = owner
-    return aliases

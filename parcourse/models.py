@@ -94,6 +94,19 @@ def sizes_of(name: str, options) -> dict:
     return {key: get(key) for key in SIZES.get(name, ())}
 
 
+def shared_parameters(model: nn.Module) -> dict[str, str]:
+    """Each *other* name of a parameter registered under several names → the name that
+    ``named_parameters()`` lists it under (for the GPT: the head's ``weight`` → the token
+    table's ``0.token.weight``). ``state_dict()`` holds the tensor under every name."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owner = first.setdefault(id(p), name)
+        if owner != name:
+            aliases[name] = owner
+    return aliases
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable scalars in ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
