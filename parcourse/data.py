@@ -126,16 +126,19 @@ def windows(tokens: torch.Tensor, sequence: int) -> tuple[torch.Tensor, torch.Te
     return x, y
 
 
+def text_max_sequence() -> int:
+    """The longest window the text's test part holds (a window of T needs T + 1 bytes)."""
+    return len(text_corpus()) - int(TEXT_TRAIN_FRACTION * len(text_corpus())) - 1
+
+
 def _load_text(sequence: int) -> Dataset:
-    if sequence < 1:
-        raise ValueError(f"sequence must be at least 1 token, got {sequence}")
+    if not 1 <= sequence <= text_max_sequence():
+        raise ValueError(f"sequence must be 1 … {text_max_sequence()} tokens (the text's "
+                         f"test part holds one window of that), got {sequence}")
     tokens = torch.frombuffer(bytearray(text_corpus()), dtype=torch.uint8).to(torch.int64)
     cut = int(TEXT_TRAIN_FRACTION * len(tokens))
     train_x, train_y = windows(tokens[:cut], sequence)
     test_x, test_y = windows(tokens[cut:], sequence)
-    if len(test_y) == 0:
-        raise ValueError(f"windows of {sequence} tokens are longer than the text's test part "
-                         f"({len(tokens) - cut} bytes): use a shorter sequence")
     return Dataset("text", train_x, train_y, test_x, test_y)
 
 
