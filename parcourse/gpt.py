@@ -134,3 +134,29 @@ def _initialise(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=INIT_STD)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, prompt: str, new_tokens: int, temperature: float = 0.0,
+             seed: int = 0) -> str:
+    """``prompt`` continued by ``new_tokens`` bytes, one at a time: each from the logits of
+    the last position over the last ``sequence`` tokens — the most likely byte
+    (``temperature`` 0, greedy) or a byte drawn from softmax(logits / temperature) with a
+    generator seeded by ``seed``. Bytes that are not UTF-8 print as U+FFFD."""
+    context = model[0].position.num_embeddings
+    device = model[0].token.weight.device
+    ids = torch.tensor([list(prompt.encode("utf-8"))], dtype=torch.int64, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    for _ in range(new_tokens):
+        logits = model(ids[:, -context:])[0, -1].double()
+        if temperature > 0:
+            probabilities = (logits / temperature).softmax(dim=-1)
+            following = torch.multinomial(probabilities, 1, generator=generator)
+        else:
+            following = logits.argmax().view(1)
+        ids = torch.cat([ids, following.view(1, 1)], dim=1)
+    model.train(was_training)
+    return bytes(ids[0].tolist()).decode("utf-8", errors="replace")
+
