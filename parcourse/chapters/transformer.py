@@ -2,10 +2,15 @@
 
 :func:`learn` trains the GPT of :mod:`parcourse.gpt` on the text data set
 (:func:`parcourse.data.text_corpus`) with the package's one training loop — the run of
-``python -m parcourse train --model gpt --optimizer adam --lr 0.005 --steps 500`` — and returns its loss curve, its loss and next-byte accuracy on the
-held-out text, and lines the trained model writes. A model that knows nothing gives each
-of the 256 bytes probability 1/256, a loss of log 256 ≈ 5.55 nats per byte: the curve
-starts there, and every nat below it is something learned.
+``python -m parcourse train --model gpt --optimizer adam --lr 0.005 --steps 500`` — and
+returns its loss curve, its loss and next-byte accuracy on the held-out text, and lines
+the trained model writes. A model that knows nothing gives each of the 256 bytes
+probability 1/256, a loss of log 256 ≈ 5.55 nats per byte: the curve starts there, and
+every nat below it is something learned. Measured on a 2-core CPU (float32, torch 2.13,
+seed 0): 5.54 → 2.14 in 500 steps (about 5 s), 2.18 on the held-out text, 39 % of its
+next bytes right; sampled at temperature 0.8 it writes "Return the sospys option which
+that diction objecst samete_spripiquences." — English-shaped words and Python names,
+from 35 k parameters and 1 M bytes seen.
 
 Every data-parallel and sharded strategy trains this model to the same parameters (the
 tests prove it in float64), so the curve is also theirs.
