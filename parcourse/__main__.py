@@ -58,8 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"how to parallelise: {', '.join(REGISTRY)} (default: %(default)s)")
     t.add_argument("--model", default=defaults.model, metavar="NAME",
                    help=f"{', '.join(MODELS)} (default: %(default)s)")
-    t.add_argument("--dataset", default=defaults.dataset, metavar="NAME",
-                   help=f"{', '.join(DATASETS)}; digits works offline (default: %(default)s)")
+    t.add_argument("--dataset", default=None, metavar="NAME",
+                   help=f"{', '.join(DATASETS)}; digits and text work offline; text (bytes "
+                        f"of Python's docstrings) is the GPT's (default: digits, or text for "
+                        f"--model gpt)")
+    for option, what in (("layers", "transformer blocks"), ("width", "channels per token, "
+                         "a multiple of --heads"), ("heads", "attention heads"),
+                         ("sequence", "tokens per window (the context)")):
+        t.add_argument(f"--{option}", type=int, default=getattr(defaults, option), metavar="N",
+                       help=f"--model gpt: {what} (default: %(default)s)")
     t.add_argument("--steps", type=int, default=defaults.steps,
                    help="optimizer steps (default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="B",

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
-from .models import build_model
+from .models import SIZES, build_model, sizes_of
 
 FORMAT = 1
 _HOLDS = "a checkpoint holds only tensors, dicts, lists, numbers and strings"
@@ -160,15 +160,17 @@ def _malformed(payload) -> str | None:
 def compatible(saved: dict, config: dict) -> str | None:
     """Why a checkpoint (from :func:`read`) cannot continue ``config`` (None if it can).
 
-    Model, data, batch, optimizer and seed must match, and the parameters and optimizer
-    state must be those of ``config["model"]`` (names and shapes); the number of steps may
-    grow, and the strategy and number of workers may change (the computation is the same).
+    Model (and its sizes), data, batch, optimizer and seed must match, and the parameters
+    and optimizer state must be those of ``config["model"]`` (names and shapes); the number
+    of steps may grow, and the strategy and number of workers may change (the computation
+    is the same).
     """
-    for key in ("model", "dataset", "batch_size", "optimizer", "lr", "seed"):
+    sizes = SIZES.get(config.get("model"), ())
+    for key in ("model", "dataset", *sizes, "batch_size", "optimizer", "lr", "seed"):
         if saved["config"].get(key) != config.get(key):
             return (f"it was written with {key}={saved['config'].get(key)!r}, "
                     f"this run has {key}={config.get(key)!r}")
-    problem = _mismatch(saved, config["model"])
+    problem = _mismatch(saved, config["model"], sizes_of(config["model"], config))
     if problem:
         return problem
     if len(saved["losses"]) != saved["next_step"]:
@@ -179,10 +181,12 @@ def compatible(saved: dict, config: dict) -> str | None:
     return None
 
 
-def _mismatch(saved: dict, model_name: str) -> str | None:
-    """How the saved parameters and optimizer state differ from those of the model."""
+def _mismatch(saved: dict, model_name: str, sizes: dict | None = None) -> str | None:
+    """How the saved parameters and optimizer state differ from those of the model (of
+    ``sizes``). A parameter registered under two names (the GPT's tied token table) is in
+    the state_dict twice and in the optimizer once."""
     with torch.device("meta"):  # names and shapes only: no memory, no initialisation
-        model = build_model(model_name)
+        model = build_model(model_name, **(sizes or {}))
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     found = {key: tuple(value.shape) for key, value in saved["model"].items()}
     missing, extra = [k for k in expected if k not in found], [k for k in found if k not in expected]

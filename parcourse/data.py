@@ -9,6 +9,14 @@ upsampled to 28×28 so that it feeds the 784-input ``SimpleModel`` exactly like 
 Images are float32 tensors of shape (N, 1, 28, 28) with values in [0, 1]; labels are
 int64. The train/test split is a fixed function of ``seed``.
 
+``load_dataset("text", sequence=T)`` is the GPT's data (:mod:`parcourse.gpt`), also
+offline: the docstrings of a fixed list of standard-library modules (:data:`TEXT_MODULES`,
+read from their source files with :mod:`ast`, nothing imported), about 230 kB of English
+and code, the same for a given Python version. Its tokens are the UTF-8 bytes (ids
+0 … 255). The first 90 % of the text trains, the rest tests; each is cut into windows of
+T tokens, x = bytes s … s+T−1, and the targets are the next bytes, y = bytes s+1 … s+T
+(int64, both). A sample is a window, so batches and shards below work unchanged.
+
 The batch stream is what makes parallel runs comparable with a single-device run:
 step ``s`` always trains on the same ``batch_size`` global indices, whatever the number
 of workers, and worker ``k`` of ``K`` takes the ``k``-th contiguous shard of them
@@ -17,6 +25,7 @@ of workers, and worker ``k`` of ``K`` takes the ``k``-th contiguous shard of the
 
 from __future__ import annotations
 
+import ast
 import gzip
 import importlib.util
 import os
@@ -41,9 +50,18 @@ MNIST_FILES = {
 }
 
 
+# The text data set: these modules' docstrings, in this order (prose-rich, top-level
+# modules, so that finding their files imports nothing).
+TEXT_MODULES = ("typing", "doctest", "logging", "inspect", "statistics", "threading",
+                "configparser", "subprocess", "shutil", "collections", "argparse", "json",
+                "pathlib", "random", "textwrap")
+TEXT_TRAIN_FRACTION = 0.9
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split of 1×28×28 images with integer labels."""
+    """A train/test split: 1×28×28 images with integer labels, or windows of token ids with
+    the next token of each position as its labels."""
 
     name: str
     train_x: torch.Tensor
@@ -52,27 +70,76 @@ class Dataset:
     test_y: torch.Tensor
 
     def to(self, dtype: torch.dtype) -> "Dataset":
-        """The same data set with its images in ``dtype`` (labels stay int64)."""
-        if self.train_x.dtype == dtype:
+        """The same data set with its images in ``dtype`` (labels and token ids stay int64)."""
+        if self.train_x.dtype == dtype or not self.train_x.is_floating_point():
             return self
         return Dataset(self.name, self.train_x.to(dtype), self.train_y,
                        self.test_x.to(dtype), self.test_y)
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={len(self.train_y)}, "
-                f"test={len(self.test_y)}, image={tuple(self.train_x.shape[1:])})")
+                f"test={len(self.test_y)}, "
+                f"{'image' if self.train_x.is_floating_point() else 'window'}="
+                f"{tuple(self.train_x.shape[1:])})")
 
 
 def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int = 0,
                  root: str | os.PathLike | None = None,
-                 dtype: torch.dtype = torch.float32) -> Dataset:
-    """Load ``"digits"`` (offline) or ``"mnist"`` (downloaded once into ``root``), with
-    its images in ``dtype``."""
+                 dtype: torch.dtype = torch.float32, sequence: int = 32) -> Dataset:
+    """Load ``"digits"`` (offline), ``"mnist"`` (downloaded once into ``root``), with its
+    images in ``dtype``, or ``"text"`` (offline) in windows of ``sequence`` tokens."""
     if name == "digits":
         return _load_digits(test_fraction, seed).to(dtype)
     if name == "mnist":
         return _load_mnist(Path(root) if root else _default_root() / "mnist").to(dtype)
-    raise ValueError(f"unknown dataset {name!r}: choose 'digits' (offline) or 'mnist'")
+    if name == "text":
+        return _load_text(sequence)
+    raise ValueError(f"unknown dataset {name!r}: choose 'digits' (offline), 'mnist' or "
+                     f"'text' (offline)")
+
+
+@lru_cache(maxsize=1)
+def text_corpus() -> bytes:
+    """The docstrings of :data:`TEXT_MODULES` in source order, UTF-8, one blank line apart."""
+    def docstrings(node):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            text = ast.get_docstring(node)
+            if text:
+                yield text
+            for child in node.body:
+                yield from docstrings(child)
+
+    parts = []
+    for module in TEXT_MODULES:
+        path = importlib.util.find_spec(module).origin
+        with open(path, encoding="utf-8") as f:
+            parts.extend(docstrings(ast.parse(f.read(), filename=path)))
+    return "\n\n".join(parts).encode("utf-8")
+
+
+def windows(tokens: torch.Tensor, sequence: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consecutive windows of ``sequence`` tokens and their next-token targets (the window
+    shifted by one): ⌊(n − 1)/T⌋ of each, (N, T)."""
+    count = (len(tokens) - 1) // sequence
+    x = tokens[:count * sequence].view(count, sequence)
+    y = tokens[1:count * sequence + 1].view(count, sequence)
+    return x, y
+
+
+def text_max_sequence() -> int:
+    """The longest window the text's test part holds (a window of T needs T + 1 bytes)."""
+    return len(text_corpus()) - int(TEXT_TRAIN_FRACTION * len(text_corpus())) - 1
+
+
+def _load_text(sequence: int) -> Dataset:
+    if not 1 <= sequence <= text_max_sequence():
+        raise ValueError(f"sequence must be 1 … {text_max_sequence()} tokens (the text's "
+                         f"test part holds one window of that), got {sequence}")
+    tokens = torch.frombuffer(bytearray(text_corpus()), dtype=torch.uint8).to(torch.int64)
+    cut = int(TEXT_TRAIN_FRACTION * len(tokens))
+    train_x, train_y = windows(tokens[:cut], sequence)
+    test_x, test_y = windows(tokens[cut:], sequence)
+    return Dataset("text", train_x, train_y, test_x, test_y)
 
 
 def _load_digits(test_fraction: float, seed: int) -> Dataset:

@@ -125,3 +125,15 @@ def fill_buckets(items: list, bucket_bytes: int, tensor_of=lambda item: item) ->
 def module_of(model: nn.Module, group: FlatGroup) -> nn.Module:
     """The child of ``model`` that holds a block's parameters (``bucket_bytes=None`` groups)."""
     return model.get_submodule(group.names[0].split(".")[0])
+
+
+def groups_used(model: nn.Module, groups: list[FlatGroup]) -> list[list[int]]:
+    """For each ``bucket_bytes=None`` group i, the groups that hold a parameter of its
+    block: [i] alone, unless the block uses a parameter of another block (a tied weight),
+    whose group then follows."""
+    owner = {id(p): i for i, group in enumerate(groups) for p in group.params}
+    used = []
+    for i, group in enumerate(groups):
+        others = {owner[id(p)] for p in module_of(model, group).parameters() if id(p) in owner}
+        used.append([i, *sorted(others - {i})])
+    return used

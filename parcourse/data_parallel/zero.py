@@ -17,7 +17,11 @@ O of the whole model. ZeRO keeps only a 1/K shard of some of them (:mod:`.flat_s
   forward, freed after it, all-gathered again for its backward and freed when its
   gradients are reduce-scattered; the next block's gather is started (prefetched) while
   the current block computes. Per rank: (P + G + O)/K plus the blocks being used. Bytes
-  sent: two all-gathers and a reduce-scatter, 1.5 × DDP's.
+  sent: two all-gathers and a reduce-scatter, 1.5 × DDP's. A parameter shared by two
+  blocks (the GPT's token table, also its output layer) belongs to the group of the
+  first; a block's hooks gather every group that holds one of its parameters, so the
+  GPT's head gathers the embeddings' group too, keeps it for its backward, and the
+  table is freed once its one gradient — the sum of both uses — is reduce-scattered.
 
 With ``compute_dtype`` lower than the parameters' dtype (mixed precision), the gathered
 parameters and the gradients are in ``compute_dtype`` and each rank's shard of the
@@ -35,7 +39,7 @@ from torch import nn
 
 from ..memory_meter import tensor_bytes
 from ..recompute import in_backward
-from .flat_shards import FlatGroup, group_parameters, module_of
+from .flat_shards import FlatGroup, group_parameters, groups_used, module_of
 
 STAGES = (1, 2, 3)
 
@@ -84,6 +88,8 @@ class Zero:
             for p in group.params:
                 if stage > 1:
                     p.register_post_accumulate_grad_hook(lambda _p, i=i: self._grad_ready(i))
+        # stage 3: the groups each block's forward and backward need whole (its own first)
+        self.needs = groups_used(model, self.groups) if stage == 3 else []
         if stage == 3:
             for i, group in enumerate(self.groups):
                 self._free(i)
@@ -133,19 +139,23 @@ class Zero:
         full.untyped_storage().resize_(full.numel() * full.element_size())
         group.gather(self.masters[i].detach().to(self.compute_dtype), self.algorithm, out=full)
 
-    def _ensure_gathered(self, i: int, prefetch: int) -> None:
-        """Group i's parameters are whole now; group ``prefetch``'s gather is on its way."""
-        if self.gathering[i] is None and self.full[i].untyped_storage().nbytes() == 0:
-            self.gathering[i] = self.comm.submit(self._timed, "all-gather", i,
-                                                 lambda: self._gather(i))
-        if self.gathering[i] is not None:
-            self.gathering[i].result()
-            self.gathering[i] = None
-        j = prefetch
-        if (0 <= j < len(self.groups) and self.gathering[j] is None
-                and self.full[j].untyped_storage().nbytes() == 0):
+    def _start_gather(self, j: int) -> None:
+        """Start group j's all-gather unless it is whole or on its way."""
+        if self.gathering[j] is None and self.full[j].untyped_storage().nbytes() == 0:
             self.gathering[j] = self.comm.submit(self._timed, "all-gather", j,
                                                  lambda: self._gather(j))
+
+    def _ensure_gathered(self, i: int, prefetch: int) -> None:
+        """Block i's groups are whole now; block ``prefetch``'s gathers are on their way."""
+        for j in self.needs[i]:
+            self._start_gather(j)
+        for j in self.needs[i]:
+            if self.gathering[j] is not None:
+                self.gathering[j].result()
+                self.gathering[j] = None
+        if 0 <= prefetch < len(self.groups):
+            for j in self.needs[prefetch]:
+                self._start_gather(j)
 
     def _before_forward(self, i: int) -> None:
         self._ensure_gathered(i, prefetch=i - 1 if in_backward() else i + 1)
@@ -157,7 +167,8 @@ class Zero:
         if in_backward():                   # recomputation: the backward needs them now
             return
         if i < len(self.groups) - 1:        # the last block's backward comes next: keep it
-            self._free(i)
+            for j in self.needs[i]:
+                self._free(j)
         if torch.is_tensor(output) and output.requires_grad:
             output.register_hook(lambda grad, i=i: self._before_backward(i))
 

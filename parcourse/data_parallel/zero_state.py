@@ -5,13 +5,16 @@ all its parameters, numbered 0, 1, … in model order (:mod:`parcourse.checkpoin
 :func:`full_state` all-gathers every group's parameter shards and every shard-shaped
 optimizer tensor (Adam's ``exp_avg`` and ``exp_avg_sq``), drops the padding and cuts them
 into the parameters' shapes; scalars (Adam's ``step``) are the same for every parameter.
-:func:`load_state` does the inverse on every rank: flatten, pad, keep its shard.
+:func:`load_state` does the inverse on every rank: flatten, pad, keep its shard. A
+parameter registered under two names (a tied weight) is one tensor in one group, and in
+the unsplit state under both names.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..models import shared_parameters
 from .zero import Zero
 
 
@@ -36,8 +39,11 @@ def full_state(zero: Zero, rank: int) -> tuple[dict, dict] | None:
         optimizer_state.update({k: v for k, v in per_param.items() if v})
     if rank != 0:
         return None
-    for name, value in zero.model.state_dict().items():   # buffers, if the model has any
-        if name not in model_state:
+    aliases = shared_parameters(zero.model)               # a tied weight's other names
+    for name, value in zero.model.state_dict().items():   # and buffers, if any
+        if name in aliases:
+            model_state[name] = model_state[aliases[name]]
+        elif name not in model_state:
             model_state[name] = value.detach().cpu().clone()
     ordered = {name: model_state[name] for name in zero.model.state_dict()}
     (group_options,) = zero.optimizer.state_dict()["param_groups"]

@@ -14,8 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 OPTIMIZERS = ("sgd", "adam")
-DATASETS = ("digits", "mnist")
+DATASETS = ("digits", "mnist", "text")
 DTYPES = ("float32", "float64")
+# The data sets each model trains on; the first is its default.
+MODEL_DATASETS = {"simple": ("digits", "mnist"), "complex": ("digits", "mnist"),
+                  "gpt": ("text",)}
 
 
 @dataclass
@@ -26,8 +29,18 @@ class TrainConfig:
     """How to parallelize: a name of :data:`parcourse.training.REGISTRY`."""
     model: str = "simple"
     """The book's model to train (:data:`parcourse.models.MODELS`)."""
-    dataset: str = "digits"
-    """``digits`` (offline, shipped with scikit-learn) or ``mnist`` (downloaded once)."""
+    dataset: str | None = None
+    """``digits`` (offline, shipped with scikit-learn) or ``mnist`` (downloaded once) for
+    the image models, ``text`` (offline, :func:`parcourse.data.text_corpus`) for the GPT;
+    None picks the model's own (:data:`MODEL_DATASETS`: digits, or text for gpt)."""
+    layers: int = 2
+    """GPT: transformer blocks L."""
+    width: int = 32
+    """GPT: channels d of every position (a multiple of ``heads``)."""
+    heads: int = 2
+    """GPT: attention heads H, each of width d/H."""
+    sequence: int = 32
+    """GPT: tokens T per window, the context the model sees."""
     steps: int = 100
     """Optimizer steps."""
     batch_size: int = 64
@@ -79,6 +92,10 @@ class TrainConfig:
     """Stop the workers if they have not finished after this many seconds."""
     quiet: bool = False
     """No progress bar and no summary."""
+
+    def __post_init__(self):
+        if self.dataset is None:
+            self.dataset = MODEL_DATASETS.get(self.model, DATASETS)[0]
 
 
 @dataclass

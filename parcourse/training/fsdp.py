@@ -46,15 +46,33 @@ def shard_model(model: nn.Sequential, device, reshard_after_forward: bool = True
     compute = mixed_precision.compute_dtype(precision)
     policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=compute and torch.float32)
     options = dict(mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
-    for layer in model:
-        if next(layer.parameters(), None) is not None:
-            fully_shard(layer, **options)
+    for unit in units(model):
+        fully_shard(unit[0] if len(unit) == 1 else unit, **options)
     fully_shard(model, **options)
     for module in model.modules():  # both settings apply to one FSDP module each
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)
     return model
+
+
+def units(model: nn.Sequential) -> list[list[nn.Module]]:
+    """The layers that have parameters, one FSDP unit each, except that layers sharing a
+    parameter (the GPT's embeddings and head: its tied token table) form one unit: FSDP2
+    manages a parameter in one group only, gathers the unit's parameters together and
+    reduce-scatters the shared parameter's one gradient, the sum of both uses."""
+    found: list[tuple[list[nn.Module], set[int]]] = []
+    for layer in model:
+        ids = {id(p) for p in layer.parameters()}
+        if not ids:
+            continue
+        shared = [unit for unit in found if unit[1] & ids]
+        for unit in shared:
+            found.remove(unit)
+        merged = [m for unit in shared for m in unit[0]] + [layer]
+        found.append((merged, ids.union(*(unit[1] for unit in shared))))
+    order = {id(layer): i for i, layer in enumerate(model)}
+    return sorted((modules for modules, _ in found), key=lambda unit: order[id(unit[0])])
 
 
 def fsdp_worker(rank: int, world_size: int, config: TrainConfig):

@@ -100,13 +100,13 @@ def replica_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int,
     micro-batches: each back-propagates its mean loss × its share of the samples ×
     ``weight``, so the accumulated gradient is ``weight`` × the gradient of the mean.
     With ``precision`` bf16 or fp16 the forward runs under autocast and the loss is taken
-    of the logits in ``x``'s dtype. Returns the mean loss of the samples (unweighted)."""
+    of float32 logits. Returns the mean loss of the samples (unweighted)."""
     total, n = 0.0, len(y)
     for m in range(micro):
         part = datasets.shard(torch.arange(n), m, micro)
         with mixed_precision.autocast(precision, x.device):
             logits = model(x[part])
-        loss = F.cross_entropy(logits.to(x.dtype), y[part])
+        loss = mean_loss(logits.float() if precision != "full" else logits, y[part])
         share = len(part) / n
         scaled = share * weight
         (loss * scaled if scaled != 1.0 else loss).backward()
@@ -114,10 +114,18 @@ def replica_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int,
     return total
 
 
+def mean_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the samples: for a GPT's logits (N, T, V) and targets
+    (N, T), over all N·T positions. Every window has T positions, so the mean over B_k
+    windows is still (1/B_k) Σ (per-window mean) and the shards' weights B_k / B hold."""
+    return F.cross_entropy(logits.flatten(0, -2), y.flatten())
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
-    """Fraction of ``x`` that ``model`` classifies as ``y``."""
+    """Fraction of ``x`` that ``model`` classifies as ``y``; for the GPT, of the positions
+    whose next token has the highest logit (next-token accuracy)."""
     model.eval()
-    predictions = model(x.to(device)).argmax(dim=1).cpu()
+    predictions = model(x.to(device)).argmax(dim=-1).cpu()
     model.train()
     return (predictions == y).float().mean().item()

@@ -162,4 +162,5 @@ def _check(config: TrainConfig) -> None:
 for _name, _pipeline in PIPELINES.items():
     register(Strategy(_name, train_pipeline, _pipeline.summary,
                       options=("stages", "microbatches", "partition"), batch=PIPELINED,
-                      family="pipeline", check=_check, prepare=_prepare))
+                      family="pipeline", check=_check, prepare=_prepare,
+                      models=("simple", "complex")))

@@ -22,8 +22,8 @@ from .. import data as datasets
 from ..data_parallel import gradient_sync
 from ..errors import ConfigError
 from .. import recompute as recomputation
-from ..models import MODELS, build_model
-from .config import DATASETS, DTYPES, OPTIMIZERS, TrainConfig, TrainResult
+from ..models import MODELS, SIZES, build_model, sizes_of
+from .config import DATASETS, DTYPES, MODEL_DATASETS, OPTIMIZERS, TrainConfig, TrainResult
 
 # Options that only some strategies take; every other field of TrainConfig applies to all.
 SPECIFIC = ("allreduce", "bucket_kb", "fp16_allreduce", "accumulation", "stages",
@@ -38,6 +38,8 @@ EQUAL = "equal shards"          # averages K local means: needs K | B
 WEIGHTED = "weighted shards"    # weights shard k by B_k / B: any B ≥ K
 WHOLE = "the whole batch"       # every worker sees the whole batch (one worker, or tensor)
 PIPELINED = "micro-batches"     # replicas' shards, cut into micro-batches
+# Why a model is not (yet) trained by the strategies that do not declare it.
+NOT_BUILT = {"gpt": "pipelines and tensor parallelism of the GPT are not built yet"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Strategy:
     family: str = ""                            # e.g. "pipeline": named in messages
     check: Callable[[TrainConfig], None] | None = None       # its own validation
     prepare: Callable[[TrainConfig], TrainConfig] | None = None  # fills its defaults
+    models: tuple[str, ...] | None = None       # the models it trains (None: all of MODELS)
 
 
 REGISTRY: dict[str, Strategy] = {}
@@ -133,6 +136,7 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, option)
         check(value in choices,
               f"unknown --{option} {value!r}: choose one of {', '.join(choices)}")
+    _check_model(config, check)
     check(config.steps >= 1, f"--steps must be at least 1 (got {config.steps})")
     check(config.batch_size >= 1, f"--batch-size must be at least 1 (got {config.batch_size})")
     check(config.lr > 0 and math.isfinite(config.lr),
@@ -164,7 +168,7 @@ def validate(config: TrainConfig) -> None:
           f"with --dtype {config.dtype}")
     if config.recompute:
         try:
-            recomputation.blocks(build_model(config.model))
+            recomputation.blocks(build_model(config.model, **sizes_of(config.model, config)))
         except ValueError as err:
             check(False, f"--recompute needs a model made of blocks: {err}")
     check(config.checkpoint_every >= 0,
@@ -173,6 +177,38 @@ def validate(config: TrainConfig) -> None:
           "--checkpoint-every and --resume need --checkpoint FILE: say where checkpoints go")
     if strategy.check is not None:
         strategy.check(config)
+
+
+def _check_model(config: TrainConfig, check) -> None:
+    """The model's data set, its size options (and no other model's), and the strategy
+    trains it."""
+    model, defaults = config.model, TrainConfig()
+    datasets_of = MODEL_DATASETS[model]
+    check(config.dataset in datasets_of,
+          f"--model {model} trains on --dataset {' or '.join(datasets_of)} "
+          f"(got --dataset {config.dataset})")
+    for option in dict.fromkeys(o for options in SIZES.values() for o in options):
+        value = getattr(config, option)
+        if option not in SIZES.get(model, ()):
+            users = [name for name, options in SIZES.items() if option in options]
+            check(value == getattr(defaults, option),
+                  f"--{option} works with --model {' or '.join(users)} (got --model {model})")
+        check(value >= 1, f"--{option} must be at least 1 (got {value})")
+    if "heads" in SIZES.get(model, ()):
+        check(config.width % config.heads == 0,
+              f"--width {config.width} is not divisible by --heads {config.heads}: each head "
+              f"takes --width / --heads channels")
+    if config.dataset == "text":
+        longest = datasets.text_max_sequence()
+        check(config.sequence <= longest,
+              f"--sequence {config.sequence} is longer than the text's test part allows: "
+              f"use at most {longest}")
+    strategy = REGISTRY[config.strategy]
+    if strategy.models is not None and model not in strategy.models:
+        names = [n for n, s in REGISTRY.items() if s.models is None or model in s.models]
+        check(False, f"--model {model} works with --strategy {', '.join(names)} (got "
+                     f"--strategy {config.strategy})"
+                     + (f": {NOT_BUILT[model]}" if model in NOT_BUILT else ""))
 
 
 def _check_shards(config: TrainConfig, strategy: Strategy, check) -> None:
@@ -200,7 +236,7 @@ def train(config: TrainConfig) -> TrainResult:
         problem = checkpoint.compatible(checkpoint.read(config.checkpoint), asdict(config))
         if problem:
             raise ConfigError(f"--resume cannot continue from {config.checkpoint}: {problem}")
-    if config.dataset != "digits":  # a download happens once, here, not in every worker
+    if config.dataset == "mnist":  # a download happens once, here, not in every worker
         datasets.load_dataset(config.dataset, seed=config.seed)
     strategy = REGISTRY[config.strategy]
     if strategy.prepare is not None:

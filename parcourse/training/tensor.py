@@ -52,4 +52,4 @@ def _check(config: TrainConfig) -> None:
 
 
 register(Strategy("tensor", train_tensor, "Megatron column/row split of each MLP block",
-                  batch=WHOLE, check=_check))
+                  batch=WHOLE, check=_check, models=("simple", "complex")))

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from .. import checkpoint
 from .. import data as datasets
-from ..models import build_model
+from ..models import build_model, sizes_of
 from ..recompute import recompute
 from .config import TrainConfig, TrainResult
 from .loop import InnerStep, Sum, accuracy, replica_loss, run_loop
@@ -26,11 +26,13 @@ def dtype_of(config: TrainConfig) -> torch.dtype:
 
 def load_data_and_model(config: TrainConfig, device: torch.device | None = None):
     """A worker's data set and a fresh copy of the whole model, both in ``config.dtype``
-    (the model on ``device`` when one is given; initial weights from ``config.seed``;
-    each block recomputed in backward with ``config.recompute``)."""
+    (token ids stay int64; the model on ``device`` when one is given; initial weights from
+    ``config.seed``; each block recomputed in backward with ``config.recompute``)."""
     dtype = dtype_of(config)
-    dataset = datasets.load_dataset(config.dataset, seed=config.seed, dtype=dtype)
-    model = build_model(config.model, seed=config.seed, dtype=dtype)
+    dataset = datasets.load_dataset(config.dataset, seed=config.seed, dtype=dtype,
+                                    sequence=config.sequence)
+    model = build_model(config.model, seed=config.seed, dtype=dtype,
+                        **sizes_of(config.model, config))
     if config.recompute:
         recompute(model)
     return dataset, (model if device is None else model.to(device))
@@ -86,7 +88,7 @@ def result(config: TrainConfig, state: dict, losses: list, seconds: float,
            dataset: datasets.Dataset, **measurements) -> TrainResult:
     """Rank 0's result: the unsplit model's ``state`` (plain key names) and its test
     accuracy, measured on the CPU."""
-    full = build_model(config.model, dtype=dtype_of(config))
+    full = build_model(config.model, dtype=dtype_of(config), **sizes_of(config.model, config))
     full.load_state_dict(state)
     return TrainResult(config, state, losses, seconds,
                        accuracy(full, dataset.test_x, dataset.test_y, torch.device("cpu")),

@@ -131,7 +131,7 @@ def test_help_documents_every_option():
     assert done.returncode == 0
     for option in ("--strategy", "--model", "--dataset", "--steps", "--batch-size", "--lr",
                    "--optimizer", "--seed", "--workers", "--backend", "--timeout", "--save",
-                   "--metrics", "--quiet"):
+                   "--metrics", "--quiet", "--layers", "--width", "--heads", "--sequence"):
         assert option in done.stdout
 
 
@@ -151,7 +151,7 @@ def test_help_documents_every_option():
                                    "dp-manual, dp-bucketed, zero1, zero2, zero3, fsdp, "
                                    "torch-zero1, horovod, horovod-elastic, pipeline-gpipe, "
                                    "pipeline-1f1b, dp-pp, tensor"),
-    (["--model", "resnet"], ERR + "unknown --model 'resnet': choose one of simple, complex"),
+    (["--model", "resnet"], ERR + "unknown --model 'resnet': choose one of simple, complex, gpt"),
     (["--optimizer", "lamb"], ERR + "unknown --optimizer 'lamb': choose one of sgd, adam"),
     (["--strategy", "single", "--workers", "2"],
      ERR + "--strategy single runs on one worker (got --workers 2): use a parallel "

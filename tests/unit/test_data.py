@@ -120,3 +120,27 @@ def test_mnist_loads_from_files_already_there(tmp_path):
     ds = data.load_dataset("mnist", root=tmp_path)
     assert ds.train_x.shape == (3, 1, 28, 28) and ds.test_x.shape == (2, 1, 28, 28)
     assert ds.train_x.max() == 1.0 and ds.train_y.tolist() == [0, 1, 2]
+
+
+def test_text_windows_are_bytes_with_the_next_byte_as_targets():
+    ds = data.load_dataset("text", sequence=16)
+    assert ds.train_x.shape[1:] == (16,) and ds.train_x.dtype == ds.train_y.dtype == torch.int64
+    assert 0 <= ds.train_x.min() and ds.train_x.max() < 256
+    assert torch.equal(ds.train_y[:, :-1], ds.train_x[:, 1:])      # shifted by one …
+    assert torch.equal(ds.train_y[:-1, -1], ds.train_x[1:, 0])     # … across windows too
+    assert data.load_dataset("text", sequence=16, dtype=torch.float64).train_x.dtype == torch.int64
+    assert "window=(16,)" in repr(ds)
+
+
+def test_the_text_splits_at_ninety_percent_and_is_the_same_every_time():
+    corpus = data.text_corpus()
+    assert len(corpus) > 100_000
+    assert corpus.startswith(b"The typing module")   # TEXT_MODULES[0]'s docstring first
+    cut = int(data.TEXT_TRAIN_FRACTION * len(corpus))
+    a, b = data.load_dataset("text", sequence=32), data.load_dataset("text", sequence=32)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert bytes(a.train_x.flatten().tolist()) == corpus[:len(a.train_x) * 32]
+    assert bytes(a.test_x.flatten().tolist()) == corpus[cut:cut + len(a.test_x) * 32]
+    assert len(a.train_x) == (cut - 1) // 32 and len(a.test_x) == (len(corpus) - cut - 1) // 32
+    with pytest.raises(ValueError, match="sequence must be 1 … "):
+        data.load_dataset("text", sequence=data.text_max_sequence() + 1)

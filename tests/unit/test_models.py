@@ -38,7 +38,8 @@ def test_seeded_models_are_reproducible_and_leave_the_global_rng_alone():
 
 
 def test_unknown_model_names_the_choices():
-    with pytest.raises(ValueError, match="unknown model 'resnet': choose one of simple, complex"):
+    with pytest.raises(ValueError,
+                       match="unknown model 'resnet': choose one of simple, complex, gpt"):
         build_model("resnet")
 
 
