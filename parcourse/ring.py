@@ -1,0 +1,121 @@
+"""The ring's two phases, reduce-scatter and all-gather, from isend/irecv (chapter 3).
+
+K ranks stand in a ring; each sends only to its right neighbour and receives only from
+its left one. A tensor is cut into K chunks (``chunks[c]``, views of one flat tensor).
+
+* **Reduce-scatter**, K−1 steps: at step s rank r sends the partial sum of chunk r−s−1
+  and receives the partial sum of chunk r−s−2 (mod K), to which it adds its own. Chunk c
+  starts at rank c+1 and collects one contribution per step, so after the last step rank
+  r holds the full sum of chunk r, added in the order ((x_{r+1} + x_{r+2}) + …) + x_r:
+  the same order on every run.
+* **All-gather**, K−1 steps: every rank starts with its own chunk; at step s rank r sends
+  chunk r−s and receives chunk r−s−1, which it passes on at the next step.
+
+An all-reduce is the one followed by the other: one :meth:`Ring.run` of the
+reduce-scatter's steps and then the all-gather's. Each phase sends (K−1)/K of the tensor
+per rank, in K−1 messages: (K−1)·α + (K−1)/K·n·β for n bytes.
+
+How :meth:`Ring.run` orders the messages matters as much as how many there are. gloo's
+send and receive meet in a rendezvous: a send finds out whether the receiver has posted
+its buffer yet. If it has, the data goes out at once, from the sending thread. If not,
+the sender only announces the message; once the receiver posts its buffer and says so,
+gloo's network thread on the sending side wakes up and sends the data: one more trip
+through the loopback and one more thread wake-up. So every receive of a collective is
+posted before its first send, into a buffer of its own. The sends are waited for only at
+the end, when they are long done: waiting for one still in flight puts the thread to
+sleep, and each wake-up costs time too.
+
+Messages between two ranks match their receives in the order both were posted, which is
+step order here. One collective at a time per process, as on any process group.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+SEGMENT_BYTES = 4 << 20  # the reduce-scatter pipelines each chunk in segments of this size
+
+_scratch_buffers: dict = {}
+
+
+def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Receive buffers (at least ``numel`` elements) reused across calls: allocating (and
+    first touching) tens of MB on every all-reduce cost a third of the ring's time at
+    64 MiB."""
+    key = (dtype, device)
+    buffer = _scratch_buffers.get(key)
+    if buffer is None or buffer.numel() < numel:
+        buffer = _scratch_buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buffer
+
+
+def segments(chunk: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``chunk`` cut into pieces of at most SEGMENT_BYTES (both ends of a message cut it
+    alike, since both know its size); most chunks are one piece."""
+    per_segment = max(1, SEGMENT_BYTES // chunk.element_size())
+    return (chunk,) if chunk.numel() <= per_segment else torch.split(chunk, per_segment)
+
+
+class Step(NamedTuple):
+    """One step of a ring, each tensor as its :func:`segments`: ``send`` goes right while
+    ``receive`` fills from the left. In a reduce-scatter, this rank's share ``add`` is
+    then added to what arrived, and the sum written to ``into``."""
+
+    send: tuple
+    receive: tuple
+    add: Optional[tuple] = None
+    into: Optional[tuple] = None
+
+
+class Ring:
+    """This process's place in the ring of all K ranks: its rank and its two neighbours."""
+
+    def __init__(self) -> None:
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.right, self.left = (self.rank + 1) % self.size, (self.rank - 1) % self.size
+
+    def reduce_scatter(self, chunks: Sequence[torch.Tensor], output: torch.Tensor) -> list[Step]:
+        """The K−1 steps that leave the sum of chunk ``rank`` in ``output``.
+
+        ``chunks`` are read, never written, unless ``output`` is one of them (the
+        all-reduce passes ``chunks[rank]``, which only the last step reads). Each step
+        receives into a scratch buffer of its own, so that all receives can be posted at
+        once.
+        """
+        rank, k = self.rank, self.size
+        owners = [chunks[(rank - step - 2) % k] for step in range(k - 1)]  # summed at step s
+        scratch = _scratch(sum(c.numel() for c in owners), output.dtype, output.device)
+        steps, offset, outgoing = [], 0, segments(chunks[(rank - 1) % k])
+        for step, own in enumerate(owners):
+            partial = segments(scratch[offset:offset + own.numel()])
+            offset += own.numel()
+            steps.append(Step(outgoing, partial, segments(own),
+                              segments(output) if step == k - 2 else partial))
+            outgoing = partial
+        return steps
+
+    def all_gather(self, chunks: Sequence[torch.Tensor]) -> list[Step]:
+        """The K−1 steps that fill every chunk with its owner's (rank r owns ``chunks[r]``)."""
+        rank, k = self.rank, self.size
+        return [Step(send=segments(chunks[(rank - step) % k]),
+                     receive=segments(chunks[(rank - step - 1) % k])) for step in range(k - 1)]
+
+    def run(self, steps: list[Step]) -> None:
+        """Run ring steps in order: every receive posted first, the sends waited for last.
+
+        The sum of segment j is added while the later segments are still in flight.
+        """
+        left, right = self.left, self.right
+        receives = [[dist.irecv(piece, src=left) for piece in step.receive] for step in steps]
+        sends: list = []
+        for step, requests in zip(steps, receives):
+            sends += [dist.isend(piece, dst=right) for piece in step.send]
+            for index, request in enumerate(requests):
+                request.wait()
+                if step.add is not None:
+                    torch.add(step.receive[index], step.add[index], out=step.into[index])
+        for request in sends:
+            request.wait()
