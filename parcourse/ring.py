@@ -52,22 +52,15 @@ def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
     return buffer
 
 
-def segments(chunk: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``chunk`` cut into pieces of at most SEGMENT_BYTES (both ends of a message cut it
-    alike, since both know its size); most chunks are one piece."""
-    per_segment = max(1, SEGMENT_BYTES // chunk.element_size())
-    return (chunk,) if chunk.numel() <= per_segment else torch.split(chunk, per_segment)
-
-
 class Step(NamedTuple):
-    """One step of a ring, each tensor as its :func:`segments`: ``send`` goes right while
-    ``receive`` fills from the left. In a reduce-scatter, this rank's share ``add`` is
-    then added to what arrived, and the sum written to ``into``."""
+    """One step of a ring: ``send`` goes right while ``receive`` fills from the left. In a
+    reduce-scatter, this rank's share ``add`` is then added to what arrived, and the sum
+    written to ``into``."""
 
-    send: tuple
-    receive: tuple
-    add: Optional[tuple] = None
-    into: Optional[tuple] = None
+    send: torch.Tensor
+    receive: torch.Tensor
+    add: Optional[torch.Tensor] = None
+    into: Optional[torch.Tensor] = None
 
 
 class Ring:
@@ -88,34 +81,47 @@ class Ring:
         rank, k = self.rank, self.size
         owners = [chunks[(rank - step - 2) % k] for step in range(k - 1)]  # summed at step s
         scratch = _scratch(sum(c.numel() for c in owners), output.dtype, output.device)
-        steps, offset, outgoing = [], 0, segments(chunks[(rank - 1) % k])
+        steps, offset, outgoing = [], 0, chunks[(rank - 1) % k]
         for step, own in enumerate(owners):
-            partial = segments(scratch[offset:offset + own.numel()])
+            partial = scratch[offset:offset + own.numel()]
             offset += own.numel()
-            steps.append(Step(outgoing, partial, segments(own),
-                              segments(output) if step == k - 2 else partial))
+            steps.append(Step(outgoing, partial, own, output if step == k - 2 else partial))
             outgoing = partial
         return steps
 
     def all_gather(self, chunks: Sequence[torch.Tensor]) -> list[Step]:
         """The K−1 steps that fill every chunk with its owner's (rank r owns ``chunks[r]``)."""
         rank, k = self.rank, self.size
-        return [Step(send=segments(chunks[(rank - step) % k]),
-                     receive=segments(chunks[(rank - step - 1) % k])) for step in range(k - 1)]
+        return [Step(chunks[(rank - step) % k], chunks[(rank - step - 1) % k])
+                for step in range(k - 1)]
 
     def run(self, steps: list[Step]) -> None:
         """Run ring steps in order: every receive posted first, the sends waited for last.
 
-        The sum of segment j is added while the later segments are still in flight.
+        Messages larger than SEGMENT_BYTES travel in segments, and the sum of segment j
+        is added while the later ones are still in flight.
         """
+        if not steps:
+            return
+        per_segment = max(1, SEGMENT_BYTES // steps[0].receive.element_size())
+
+        def pieces(tensor: torch.Tensor) -> Sequence[torch.Tensor]:
+            """A message whole, or in segments: both ends see its size, and cut it alike."""
+            return (tensor,) if tensor.numel() <= per_segment else tensor.split(per_segment)
+
         left, right = self.left, self.right
-        receives = [[dist.irecv(piece, src=left) for piece in step.receive] for step in steps]
+        receives = [[dist.irecv(piece, src=left) for piece in pieces(step.receive)]
+                    for step in steps]
         sends: list = []
         for step, requests in zip(steps, receives):
-            sends += [dist.isend(piece, dst=right) for piece in step.send]
-            for index, request in enumerate(requests):
+            sends += [dist.isend(piece, dst=right) for piece in pieces(step.send)]
+            if step.add is None:
+                for request in requests:
+                    request.wait()
+                continue
+            for request, received, own, into in zip(requests, pieces(step.receive),
+                                                    pieces(step.add), pieces(step.into)):
                 request.wait()
-                if step.add is not None:
-                    torch.add(step.receive[index], step.add[index], out=step.into[index])
+                torch.add(received, own, out=into)
         for request in sends:
             request.wait()

@@ -90,6 +90,7 @@ def test_reduce_scatter_and_all_gather_errors_and_layouts():
             f"{(4, 4, 2)[rank]} elements (padded: 4), got 5"]
         assert report["in place"] and report["strided"]
         assert report["gathered"] == [[float(r)] * 6 for r in range(3)]  # row-major chunks
+        assert all(report["segmented"]) and len(report["segmented"]) == 15
 
 
 @pytest.mark.parametrize("function, collective", [

@@ -216,4 +216,33 @@ def shard_errors(rank, world_size):
     return {"messages": messages,
             "in place": torch.equal(in_place[4 * rank:4 * rank + 4], expected),
             "strided": torch.equal(strided, expected),
-            "gathered": gathered.tolist()}
+            "gathered": gathered.tolist(),
+            "segmented": segmented(rank, world_size)}
+
+
+def segmented(rank, world_size, segment_bytes=12):
+    """With segments of 3 float32 elements, messages of 2 to 11 elements are cut in one to
+    four pieces, and chunks of one tensor differ in size: every result must still equal
+    dist's (integer values: exact)."""
+    from parcourse import ring, scatter_gather
+
+    saved, ring.SEGMENT_BYTES = ring.SEGMENT_BYTES, segment_bytes
+    try:
+        equal = []
+        for numel in (7, 8, 9, 10, 31):
+            data = torch.randint(-9, 9, (numel,), generator=torch.Generator().manual_seed(
+                rank)).float()
+            expected = data.clone()
+            dist.all_reduce(expected)
+            equal.append(torch.equal(collectives.ring_all_reduce(data.clone()), expected))
+            whole = data[:numel // world_size * world_size]
+            shard, reference = torch.empty(numel // world_size), torch.empty(numel // world_size)
+            REDUCE_SCATTER(reference, whole.clone())
+            equal.append(torch.equal(scatter_gather.reduce_scatter_tensor(shard, whole), reference))
+            joined, reference = torch.empty(whole.numel()), torch.empty(whole.numel())
+            ALL_GATHER(reference, shard.clone())
+            equal.append(torch.equal(scatter_gather.all_gather_into_tensor(joined, shard),
+                                     reference))
+        return equal
+    finally:
+        ring.SEGMENT_BYTES = saved
