@@ -76,7 +76,7 @@ def ring_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     flat = tensor.view(-1) if tensor.is_contiguous() else tensor.contiguous().view(-1)
     chunks = torch.tensor_split(flat, ring.size)
-    ring.run(ring.reduce_scatter(chunks, chunks[ring.rank]) + ring.all_gather(chunks))
+    ring.run(ring.reduce_scatter(chunks, chunks[ring.rank]).then(ring.all_gather(chunks)))
     if flat.data_ptr() != tensor.data_ptr():
         tensor.copy_(flat.view_as(tensor))
     return tensor

@@ -11,8 +11,8 @@ its left one. A tensor is cut into K chunks (``chunks[c]``, views of one flat te
 * **All-gather**, K−1 steps: every rank starts with its own chunk; at step s rank r sends
   chunk r−s and receives chunk r−s−1, which it passes on at the next step.
 
-An all-reduce is the one followed by the other: one :meth:`Ring.run` of the
-reduce-scatter's steps and then the all-gather's. Each phase sends (K−1)/K of the tensor
+An all-reduce is the one followed by the other, ``Plan.then``: one :meth:`Ring.run` of
+the reduce-scatter's steps and then the all-gather's. Each phase sends (K−1)/K of the tensor
 per rank, in K−1 messages: (K−1)·α + (K−1)/K·n·β for n bytes.
 
 How :meth:`Ring.run` orders the messages matters as much as how many there are. gloo's
@@ -36,7 +36,8 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-SEGMENT_BYTES = 4 << 20  # the reduce-scatter pipelines each chunk in segments of this size
+SEGMENT_BYTES = 4 << 20  # no message is sent in one piece larger than this …
+SPLIT_BYTES = 1 << 20  # … and one larger than this goes in two pieces at least
 
 _scratch_buffers: dict = {}
 
@@ -53,14 +54,30 @@ def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
 
 
 class Step(NamedTuple):
-    """One step of a ring: ``send`` goes right while ``receive`` fills from the left. In a
-    reduce-scatter, this rank's share ``add`` is then added to what arrived, and the sum
-    written to ``into``."""
+    """One step of a ring: ``receive`` fills from the left; in a reduce-scatter, this
+    rank's share ``add`` is then added to it, and the sum written to ``into``."""
 
-    send: torch.Tensor
     receive: torch.Tensor
     add: Optional[torch.Tensor] = None
     into: Optional[torch.Tensor] = None
+
+    @property
+    def result(self) -> torch.Tensor:
+        """What the step leaves, and the next step sends on."""
+        return self.receive if self.add is None else self.into
+
+
+class Plan(NamedTuple):
+    """A ring's messages: ``first`` goes right, then every step's result is passed on."""
+
+    first: torch.Tensor
+    steps: list
+
+    def then(self, other: "Plan") -> "Plan":
+        """This plan followed by ``other``, whose first message is this one's result."""
+        if not self.steps or other.first is not self.steps[-1].result:
+            raise ValueError("Plan.then: the second plan must start with the first's result")
+        return Plan(self.first, self.steps + other.steps)
 
 
 class Ring:
@@ -70,7 +87,7 @@ class Ring:
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         self.right, self.left = (self.rank + 1) % self.size, (self.rank - 1) % self.size
 
-    def reduce_scatter(self, chunks: Sequence[torch.Tensor], output: torch.Tensor) -> list[Step]:
+    def reduce_scatter(self, chunks: Sequence[torch.Tensor], output: torch.Tensor) -> Plan:
         """The K−1 steps that leave the sum of chunk ``rank`` in ``output``.
 
         ``chunks`` are read, never written, unless ``output`` is one of them (the
@@ -81,47 +98,48 @@ class Ring:
         rank, k = self.rank, self.size
         owners = [chunks[(rank - step - 2) % k] for step in range(k - 1)]  # summed at step s
         scratch = _scratch(sum(c.numel() for c in owners), output.dtype, output.device)
-        steps, offset, outgoing = [], 0, chunks[(rank - 1) % k]
+        steps, offset = [], 0
         for step, own in enumerate(owners):
             partial = scratch[offset:offset + own.numel()]
             offset += own.numel()
-            steps.append(Step(outgoing, partial, own, output if step == k - 2 else partial))
-            outgoing = partial
-        return steps
+            steps.append(Step(partial, own, output if step == k - 2 else partial))
+        return Plan(chunks[(rank - 1) % k], steps)
 
-    def all_gather(self, chunks: Sequence[torch.Tensor]) -> list[Step]:
+    def all_gather(self, chunks: Sequence[torch.Tensor]) -> Plan:
         """The K−1 steps that fill every chunk with its owner's (rank r owns ``chunks[r]``)."""
         rank, k = self.rank, self.size
-        return [Step(chunks[(rank - step) % k], chunks[(rank - step - 1) % k])
-                for step in range(k - 1)]
+        return Plan(chunks[rank], [Step(chunks[(rank - step - 1) % k]) for step in range(k - 1)])
 
-    def run(self, steps: list[Step]) -> None:
-        """Run ring steps in order: every receive posted first, the sends waited for last.
+    def run(self, plan: Plan) -> None:
+        """Send the plan's messages: every receive posted first, the sends waited for last.
 
-        Messages larger than SEGMENT_BYTES travel in segments, and the sum of segment j
-        is added while the later ones are still in flight.
+        Messages larger than SPLIT_BYTES travel in two or more segments of at most
+        SEGMENT_BYTES, and each segment is passed on as soon as it has arrived (and been
+        added to): the segments of one tensor follow each other round the ring.
         """
-        if not steps:
+        if not plan.steps:
             return
-        per_segment = max(1, SEGMENT_BYTES // steps[0].receive.element_size())
+        element = plan.first.element_size()
 
         def pieces(tensor: torch.Tensor) -> Sequence[torch.Tensor]:
             """A message whole, or in segments: both ends see its size, and cut it alike."""
-            return (tensor,) if tensor.numel() <= per_segment else tensor.split(per_segment)
+            nbytes = tensor.numel() * element
+            if nbytes <= SPLIT_BYTES:
+                return (tensor,)
+            return tensor.tensor_split(max(2, -(-nbytes // SEGMENT_BYTES)))
 
-        left, right = self.left, self.right
+        left, right, last = self.left, self.right, len(plan.steps) - 1
         receives = [[dist.irecv(piece, src=left) for piece in pieces(step.receive)]
-                    for step in steps]
-        sends: list = []
-        for step, requests in zip(steps, receives):
-            sends += [dist.isend(piece, dst=right) for piece in pieces(step.send)]
-            if step.add is None:
-                for request in requests:
-                    request.wait()
-                continue
-            for request, received, own, into in zip(requests, pieces(step.receive),
-                                                    pieces(step.add), pieces(step.into)):
+                    for step in plan.steps]
+        sends = [dist.isend(piece, dst=right) for piece in pieces(plan.first)]
+        for index, (step, requests) in enumerate(zip(plan.steps, receives)):
+            received, results = pieces(step.receive), pieces(step.result)
+            owns = None if step.add is None else pieces(step.add)
+            for piece, request in enumerate(requests):
                 request.wait()
-                torch.add(received, own, out=into)
+                if owns is not None:
+                    torch.add(received[piece], owns[piece], out=results[piece])
+                if index < last:
+                    sends.append(dist.isend(results[piece], dst=right))
         for request in sends:
             request.wait()

@@ -221,12 +221,13 @@ def shard_errors(rank, world_size):
 
 
 def segmented(rank, world_size, segment_bytes=12):
-    """With segments of 3 float32 elements, messages of 2 to 11 elements are cut in one to
-    four pieces, and chunks of one tensor differ in size: every result must still equal
-    dist's (integer values: exact)."""
+    """With segments of at most 3 float32 elements, messages of 2 to 11 elements go whole
+    or in two to four pieces, and the chunks of one tensor differ in size: every result
+    must still equal dist's (integer values: exact)."""
     from parcourse import ring, scatter_gather
 
-    saved, ring.SEGMENT_BYTES = ring.SEGMENT_BYTES, segment_bytes
+    saved = ring.SEGMENT_BYTES, ring.SPLIT_BYTES
+    ring.SEGMENT_BYTES = ring.SPLIT_BYTES = segment_bytes
     try:
         equal = []
         for numel in (7, 8, 9, 10, 31):
@@ -245,4 +246,4 @@ def segmented(rank, world_size, segment_bytes=12):
                                      reference))
         return equal
     finally:
-        ring.SEGMENT_BYTES = saved
+        ring.SEGMENT_BYTES, ring.SPLIT_BYTES = saved
