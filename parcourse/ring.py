@@ -23,7 +23,13 @@ gloo's network thread on the sending side wakes up and sends the data: one more 
 through the loopback and one more thread wake-up. So every receive of a collective is
 posted before its first send, into a buffer of its own. The sends are waited for only at
 the end, when they are long done: waiting for one still in flight puts the thread to
-sleep, and each wake-up costs time too.
+sleep, and each wake-up costs time too. On a 2-core CPU with K = 4 processes, where a
+process that wakes up may wait for a core, a ring all-reduce of 4–64 KiB took a median
+6.4–8.3 ms with each receive posted at its step and 3.9–5.3 ms with all posted first
+(gloo's own: 6.5–6.7 ms).
+
+Few Python calls between messages matter as much: inside a collective on that loaded
+machine each costs several times what it costs in a loop on an idle core.
 
 Messages between two ranks match their receives in the order both were posted, which is
 step order here. One collective at a time per process, as on any process group.
@@ -93,7 +99,7 @@ class Ring:
         ``chunks`` are read, never written, unless ``output`` is one of them (the
         all-reduce passes ``chunks[rank]``, which only the last step reads). Each step
         receives into a scratch buffer of its own, so that all receives can be posted at
-        once.
+        once: (K−1)/K of the tensor in all, kept for the next call.
         """
         rank, k = self.rank, self.size
         owners = [chunks[(rank - step - 2) % k] for step in range(k - 1)]  # summed at step s
