@@ -80,8 +80,9 @@ def allreduce_worker(rank: int, world_size: int, sizes: list[int],
                      implementations: tuple[str, ...], collective_names=("all_reduce",)) -> dict:
     """Median seconds per call for every (collective, implementation, size in bytes).
 
-    Every (collective, implementation) takes a turn within every repeat, so that a busy
-    machine slows them alike and their ratios stay meaningful.
+    Every (collective, implementation) takes a turn within every repeat, in an order
+    that rotates from one repeat to the next, so that a busy machine slows them alike and
+    their ratios stay meaningful.
     """
     cases = [(c, i) for c in collective_names
              for i in (implementations if c == "all_reduce" else COLLECTIVES[c])]
@@ -90,7 +91,10 @@ def allreduce_worker(rank: int, world_size: int, sizes: list[int],
         tensors = {c: _tensors(c, nbytes, world_size) for c in collective_names}
         samples: dict = {case: [] for case in cases}
         for repeat in range(_repeats_for(nbytes) + 1):  # the first round warms up
-            for collective, implementation in cases:
+            # each repeat starts one case later: a case timed right after gloo's own
+            # all-reduce would always pay for what gloo's threads still do then
+            for collective, implementation in cases[repeat % len(cases):] + cases[
+                    :repeat % len(cases)]:
                 output, source = tensors[collective]
                 dist.barrier()
                 start = time.perf_counter()

@@ -90,7 +90,14 @@ def test_reduce_scatter_and_all_gather_errors_and_layouts():
             f"{(4, 4, 2)[rank]} elements (padded: 4), got 5"]
         assert report["in place"] and report["strided"]
         assert report["gathered"] == [[float(r)] * 6 for r in range(3)]  # row-major chunks
-        assert all(report["segmented"]) and len(report["segmented"]) == 15
+        assert all(report["segmented"]) and len(report["segmented"]) == 21
+
+
+def test_segments_with_two_ranks_taking_turns():
+    """K = 2 (rank 1 answers rank 0, see parcourse.ring) with messages in segments; the
+    K = 3 case runs in the test above."""
+    for equal in launch.run(w.segmented, 2, verbose=False):
+        assert all(equal) and len(equal) == 21
 
 
 @pytest.mark.parametrize("function, collective", [

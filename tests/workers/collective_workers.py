@@ -221,16 +221,16 @@ def shard_errors(rank, world_size):
 
 
 def segmented(rank, world_size, segment_bytes=12):
-    """With segments of at most 3 float32 elements, messages of 2 to 11 elements go whole
-    or in two to four pieces, and the chunks of one tensor differ in size: every result
-    must still equal dist's (integer values: exact)."""
+    """With segments of at most 3 float32 elements, messages go whole or in up to six
+    pieces, and the chunks of one tensor differ in size: every result must still equal
+    dist's (integer values: exact)."""
     from parcourse import ring, scatter_gather
 
     saved = ring.SEGMENT_BYTES, ring.SPLIT_BYTES
     ring.SEGMENT_BYTES = ring.SPLIT_BYTES = segment_bytes
     try:
         equal = []
-        for numel in (7, 8, 9, 10, 31):
+        for numel in (5, 6, 7, 8, 9, 10, 31):
             data = torch.randint(-9, 9, (numel,), generator=torch.Generator().manual_seed(
                 rank)).float()
             expected = data.clone()
