@@ -12,8 +12,8 @@ its left one. A tensor is cut into K chunks (``chunks[c]``, views of one flat te
   chunk r−s and receives chunk r−s−1, which it passes on at the next step.
 
 An all-reduce is the one followed by the other, ``Plan.then``: one :meth:`Ring.run` of
-the reduce-scatter's steps and then the all-gather's. Each phase sends (K−1)/K of the tensor
-per rank, in K−1 messages: (K−1)·α + (K−1)/K·n·β for n bytes.
+the reduce-scatter's steps and then the all-gather's. Each phase sends (K−1)/K of the
+tensor per rank, in K−1 messages: (K−1)·α + (K−1)/K·n·β for n bytes.
 
 How :meth:`Ring.run` orders the messages matters as much as how many there are. gloo's
 send and receive meet in a rendezvous: a send finds out whether the receiver has posted
@@ -170,8 +170,7 @@ class Ring:
 
     def _run_whole(self, plan: Plan) -> None:
         """:meth:`run` when every message goes in one piece (the usual case): the same
-        order, in fewer Python calls, each of which costs tens of µs inside a collective
-        on a loaded 2-core machine."""
+        messages in the same order, in fewer Python calls (see the module docstring)."""
         left, right, last = self.left, self.right, len(plan.steps) - 1
         receives = [dist.irecv(step.receive, src=left) for step in plan.steps]
         answers = self.size == 2 and self.rank == 1
