@@ -8,9 +8,11 @@ algorithms, each written with ``torch.distributed`` ``send``/``recv``/``isend``/
   which adds them up and sends the sum back. Rank 0's link carries everything.
 * ``ring_all_reduce`` — the tensor is cut into K chunks. Reduce-scatter: in K−1 steps
   each rank passes one chunk to its right neighbour and adds the chunk arriving from its
-  left, so that rank r ends up owning the full sum of chunk r+1. All-gather: K−1 more
+  left, so that rank r ends up owning the full sum of chunk r. All-gather: K−1 more
   steps pass the finished chunks round the ring. Each rank sends 2(K−1)/K of the tensor
-  in total, whatever K is: the bandwidth-optimal schedule (Patarasuk & Yuan, 2009).
+  in total, whatever K is: the bandwidth-optimal schedule (Patarasuk & Yuan, 2009). The
+  two phases are :mod:`parcourse.ring`'s, the same code as the reduce-scatter and
+  all-gather of :mod:`parcourse.scatter_gather`, re-exported here.
 * ``tree_all_reduce`` — a binomial tree: ⌈log₂K⌉ rounds of pairwise reduction towards
   rank 0, then the same rounds in reverse to broadcast the sum (few messages: latency
   optimal, but each carries the whole tensor).
@@ -25,7 +27,8 @@ ring       2(K−1)·α + 2(K−1)/K · nβ            2(K−1)/K · n (every ra
 tree       2⌈log₂K⌉·(α + nβ)                   ⌈log₂K⌉·n (rank 0)
 =========  =================================  ==========================
 
-(Thakur, Rabenseifner & Gropp, 2005). :func:`predicted_seconds` evaluates these.
+(Thakur, Rabenseifner & Gropp, 2005). :func:`predicted_seconds` evaluates these, and
+the reduce-scatter's and all-gather's costs.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ import math
 
 import torch
 import torch.distributed as dist
+
+from . import ring
+from .ring import SEGMENT_BYTES, Ring, bytes_sent, reset_bytes_sent  # noqa: F401
+from .scatter_gather import (SHARD_ALGORITHMS, all_gather_into_tensor,  # noqa: F401
+                             gather_shards, padded_numel, reduce_scatter_tensor, shard_sum)
 
 ALGORITHMS = ("naive", "ring", "tree")
 
@@ -49,74 +57,27 @@ def naive_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
             dist.recv(incoming, src=source)
             tensor += incoming
         for destination in range(1, world_size):
-            dist.send(tensor, dst=destination)
+            ring.send(tensor, destination)
     else:
-        dist.send(tensor, dst=0)
+        ring.send(tensor, 0)
         dist.recv(tensor, src=0)
     return tensor
 
 
-SEGMENT_BYTES = 4 << 20  # the ring pipelines each chunk in segments of this size
-
-
-_scratch_buffers: dict = {}
-
-
-def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A receive buffer reused across calls: allocating (and first touching) tens of MB
-    on every all-reduce cost a third of the ring's time at 64 MiB. One all-reduce at a
-    time per process, as on any process group."""
-    key = (dtype, device)
-    buffer = _scratch_buffers.get(key)
-    if buffer is None or buffer.numel() < numel:
-        buffer = _scratch_buffers[key] = torch.empty(numel, dtype=dtype, device=device)
-    return buffer[:numel]
-
-
-def _segments(chunk: torch.Tensor) -> list[torch.Tensor]:
-    per_segment = max(1, SEGMENT_BYTES // chunk.element_size())
-    return list(torch.split(chunk, per_segment)) if chunk.numel() else [chunk]
-
-
-def ring_step(outgoing: torch.Tensor, incoming: torch.Tensor, buffer: torch.Tensor,
-               right: int, left: int, accumulate: bool) -> None:
-    """Send ``outgoing`` right while receiving ``incoming`` from the left, segment by segment.
-
-    The receives are posted first, so that arriving data finds its buffer waiting (this
-    cut the time of a 220 KB ring all-reduce inside a training step by about a third,
-    K = 2 on a 2-core CPU).
-
-    Every segment's transfer is posted at once; the sum of segment j is computed while
-    the later segments are still in flight, so adding overlaps with communicating.
-    """
-    targets = _segments(buffer[:incoming.numel()] if accumulate else incoming)
-    receives = [dist.irecv(target, src=left) for target in targets]
-    sends = [dist.isend(segment, dst=right) for segment in _segments(outgoing)]
-    if accumulate:
-        for request, received, destination in zip(receives, targets, _segments(incoming)):
-            request.wait()
-            destination += received
-    for request in (receives if not accumulate else []) + sends:
-        request.wait()
-
-
 def ring_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all ranks with a ring reduce-scatter and all-gather, in place."""
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    if world_size == 1:
+    """Sum ``tensor`` over all ranks in place: a ring reduce-scatter, then a ring all-gather.
+
+    The tensor is cut into K chunks whose sizes differ by at most one element; after the
+    reduce-scatter rank r holds the sum of chunk r, and the all-gather hands every rank
+    every finished chunk: one run of both phases' steps, so that the all-gather's
+    receives are posted from the start too (see :mod:`parcourse.ring`).
+    """
+    ring = Ring()
+    if ring.size == 1:
         return tensor
     flat = tensor.view(-1) if tensor.is_contiguous() else tensor.contiguous().view(-1)
-    chunks = list(torch.tensor_split(flat, world_size))  # sizes differ by at most one
-    right, left = (rank + 1) % world_size, (rank - 1) % world_size
-    buffer = _scratch(chunks[0].numel(), flat.dtype, flat.device)
-    # reduce-scatter: after step s, rank r has summed s + 2 contributions into chunk r − s − 1
-    for step in range(world_size - 1):
-        ring_step(chunks[(rank - step) % world_size], chunks[(rank - step - 1) % world_size],
-                   buffer, right, left, accumulate=True)
-    # all-gather: rank r now owns the finished chunk r + 1 and passes finished chunks on
-    for step in range(world_size - 1):
-        ring_step(chunks[(rank + 1 - step) % world_size], chunks[(rank - step) % world_size],
-                   buffer, right, left, accumulate=False)
+    chunks = torch.tensor_split(flat, ring.size)
+    ring.run(ring.reduce_scatter(chunks, chunks[ring.rank]).then(ring.all_gather(chunks)))
     if flat.data_ptr() != tensor.data_ptr():
         tensor.copy_(flat.view_as(tensor))
     return tensor
@@ -130,7 +91,7 @@ def tree_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     for level in range(rounds):  # reduce: at level l, ranks r ≡ 2^l (mod 2^(l+1)) send
         distance = 1 << level
         if rank % (2 * distance) == distance:
-            dist.send(tensor, dst=rank - distance)
+            ring.send(tensor, rank - distance)
             break
         if rank % (2 * distance) == 0 and rank + distance < world_size:
             dist.recv(incoming, src=rank + distance)
@@ -138,7 +99,7 @@ def tree_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     for level in reversed(range(rounds)):  # broadcast: the same edges, reversed
         distance = 1 << level
         if rank % (2 * distance) == 0 and rank + distance < world_size:
-            dist.send(tensor, dst=rank + distance)
+            ring.send(tensor, rank + distance)
         elif rank % (2 * distance) == distance:
             dist.recv(tensor, src=rank - distance)
     return tensor
@@ -181,26 +142,52 @@ def check_same_tensor_everywhere(tensor: torch.Tensor) -> None:
                          f"rank, but got {described}")
 
 
+COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")
+
+
 def predicted_seconds(algorithm: str, nbytes: float, world_size: int, alpha: float,
-                      beta: float) -> float:
-    """The α–β model's time for one all-reduce of ``nbytes`` on ``world_size`` ranks."""
+                      beta: float, collective: str = "all_reduce") -> float:
+    """The α–β model's time for one collective on an ``nbytes`` tensor over K ranks.
+
+    ``nbytes`` is the whole tensor: the all-reduce's, the reduce-scatter's input, the
+    all-gather's output (chapter 3). The ring's two phases each send K−1 messages of n/K
+    bytes, one after the other, from every rank at once::
+
+        reduce-scatter, all-gather   ring   (K−1)·α + (K−1)/K · nβ
+                                     naive  2(K−1)·α + (K−1)(K+1)/K · nβ
+
+    naive goes through rank 0: K−1 messages into it, one after the other, and K−1 out; of
+    n bytes each in (reduce-scatter) or out (all-gather), of n/K bytes the other way. The
+    ring's all-reduce is its reduce-scatter plus its all-gather, term by term.
+    """
     k = world_size
+    if collective not in COLLECTIVES:
+        raise ValueError(f"unknown collective {collective!r}: choose one of "
+                         f"{', '.join(COLLECTIVES)}")
+    names = ALGORITHMS if collective == "all_reduce" else ("ring", "naive")
+    if algorithm not in names:
+        raise ValueError(f"unknown {collective.replace('_', '-')} algorithm {algorithm!r}: "
+                         f"choose one of {', '.join(names)}")
     if k == 1:
         return 0.0
+    if collective != "all_reduce":
+        if algorithm == "ring":
+            return (k - 1) * alpha + (k - 1) / k * nbytes * beta
+        return 2 * (k - 1) * alpha + (k - 1) * (k + 1) / k * nbytes * beta
     if algorithm == "naive":
         return 2 * (k - 1) * (alpha + nbytes * beta)
     if algorithm == "ring":
         return 2 * (k - 1) * alpha + 2 * (k - 1) / k * nbytes * beta
-    if algorithm == "tree":
-        return 2 * math.ceil(math.log2(k)) * (alpha + nbytes * beta)
-    raise ValueError(f"unknown all-reduce algorithm {algorithm!r}: "
-                     f"choose one of {', '.join(ALGORITHMS)}")
+    return 2 * math.ceil(math.log2(k)) * (alpha + nbytes * beta)
 
 
-def bus_bandwidth(nbytes: float, seconds: float, world_size: int) -> float:
-    """Bus bandwidth in bytes/s: algorithm bandwidth n/t times 2(K−1)/K.
+def bus_bandwidth(nbytes: float, seconds: float, world_size: int,
+                  collective: str = "all_reduce") -> float:
+    """Bus bandwidth in bytes/s: algorithm bandwidth n/t times 2(K−1)/K for an all-reduce,
+    (K−1)/K for a reduce-scatter or all-gather (n: the whole tensor's bytes).
 
     It is the rate at which the busiest link of an ideal ring moves data, so it can be
-    compared across K and with the hardware's link or memory bandwidth.
+    compared across K, across collectives and with the hardware's link or memory bandwidth.
     """
-    return nbytes / seconds * 2 * (world_size - 1) / world_size
+    factor = 2 if collective == "all_reduce" else 1
+    return nbytes / seconds * factor * (world_size - 1) / world_size

@@ -26,7 +26,8 @@ def add_parser(commands) -> None:
                             description="Benchmarks: they print tables and ratios measured "
                                         "side by side in one run; nothing is asserted.")
     b.add_argument("what", choices=("allreduce", "dp", "memory", "pipeline", "kernels"),
-                   help="allreduce: bus bandwidth of each all-reduce against gloo's; "
+                   help="allreduce: bus bandwidth of each all-reduce, reduce-scatter and "
+                        "all-gather against gloo's; "
                         "dp: training throughput of the data-parallel strategies against DDP; "
                         "memory: what each rank holds under DDP and ZeRO, measured against "
                         "the formula, with step times and bytes sent; "
@@ -72,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"# point-to-point fit (ping-pong between 2 processes): {ab}")
         print(f"# memory copy bandwidth (the ceiling on one machine): "
               f"{bench_allreduce.memcpy_bandwidth() / 1e9:.2f} GB/s")
-        rows = bench_allreduce.run_allreduce_benchmark(tuple(args.workers or (2, 4)), sizes,
-                                                       horovod=args.horovod)
+        rows = bench_allreduce.run_allreduce_benchmark(
+            tuple(args.workers or (2, 4)), sizes, horovod=args.horovod,
+            collective_names=bench_allreduce.COLLECTIVE_NAMES)
         print(bench_allreduce.format_table(rows))
     elif args.what == "pipeline":
         for k in args.workers or (2,):

@@ -71,9 +71,10 @@ def train_zero(config: TrainConfig):
 
 def _check(config: TrainConfig) -> None:
     if config.allreduce not in collectives.SHARD_ALGORITHMS:
+        *others, last = collectives.SHARD_ALGORITHMS
         raise ConfigError(f"--allreduce {config.allreduce} has no reduce-scatter: "
                           f"--strategy {config.strategy} shards with "
-                          f"{' or '.join(collectives.SHARD_ALGORITHMS)}")
+                          f"{', '.join(others)} or {last}")
 
 
 for _name, _what in (("zero1", "optimizer state"), ("zero2", "optimizer state and gradients"),

@@ -74,3 +74,36 @@ def test_adam_amplifies_summation_order_only_to_rounding():
                   - _adam_on_one_process(torch.float64, True)).abs().max().item()
     assert 1e-8 < in_float32 <= ADAM_ATOL_PER_STEP * 0.002 * 3  # visible in float32 …
     assert in_float64 < 1e-12                                   # … and gone in float64
+
+
+# Reduce-scatter and all-gather: hypothesis draws the cases (sizes from 0, sizes K does
+# not divide, four dtypes, integer-valued or not); one launch of K workers runs them all.
+shard_case = st.tuples(st.sampled_from(["tensor", "shard"]), st.integers(0, 3000),
+                       st.sampled_from(["float32", "float64", "int64", "bfloat16"]),
+                       st.integers(0, 10_000), st.booleans())
+
+
+def _drawn_cases(examples: int = 3) -> list:
+    drawn: list = []
+
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(shard_case, min_size=8, max_size=24))
+    def collect(cases):
+        drawn.extend(cases)
+
+    collect()
+    return drawn
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_reduce_scatter_and_all_gather_equal_dist(world_size):
+    """Every result equals dist's exactly where the order of the sums cannot matter
+    (integers, integer-valued floats, K = 2), else within 2(K−1)·u·Σ|x|; and it always
+    equals, bit for bit, the sum taken in the order that parcourse.ring documents."""
+    cases = _drawn_cases()
+    assert len(cases) > 30 and {c[0] for c in cases} == {"tensor", "shard"}
+    for checks, failures in launch.run(w.shard_cases, world_size, args=(cases,),
+                                       verbose=False):
+        assert not failures, "\n".join(failures[:10])
+        assert checks >= 8 * len(cases)

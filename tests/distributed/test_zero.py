@@ -69,7 +69,8 @@ def test_float32_zero3_stays_within_the_noise_floor_measured_in_this_run(tmp_pat
 
 @pytest.mark.parametrize("args, message", [
     (["--strategy", "zero2", "--workers", "2", "--allreduce", "tree"],
-     ERR + "--allreduce tree has no reduce-scatter: --strategy zero2 shards with ring or native"),
+     ERR + "--allreduce tree has no reduce-scatter: --strategy zero2 shards with ring, naive "
+           "or native"),
     (["--strategy", "zero3", "--workers", "2", "--stages", "2"],
      ERR + "--stages works with the pipeline strategies (pipeline-gpipe, pipeline-1f1b, dp-pp), "
            "not --strategy zero3"),
