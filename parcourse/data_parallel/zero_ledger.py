@@ -15,7 +15,8 @@ ZeRO-3      Ψ'e / K     Ψ'e / K      2Ψ'e / K           (K−1)/K · 3Ψ'e
 where Ψ' = Σ_g K·⌈N_g/K⌉ is Ψ padded group by group (:mod:`.flat_shards`), plus Adam's
 ``step`` counter, one 4-byte scalar per optimizer tensor. ZeRO-3 sends 1.5× what DDP
 sends: two all-gathers (forward, backward) and a reduce-scatter against a reduce-scatter
-and an all-gather. :func:`ideal_bytes_per_parameter` is the same ledger per parameter
+and an all-gather — a little less here, since the last block, whose backward comes right
+after its forward, stays whole in between and is gathered once. :func:`ideal_bytes_per_parameter` is the same ledger per parameter
 without padding, also for mixed precision (Rajbhandari et al., 2020: 2 + 2 + 12 bytes:
 fp16/bf16 parameters and gradients, fp32 master weights and moments).
 """
@@ -65,8 +66,10 @@ def bytes_sent(model_name: str, variant: str, world_size: int,
     sizes = _groups(model_name, variant, bucket_bytes, dtype)
     if variant == "ddp":
         return 2 * (k - 1) / k * sum(sizes) * e
-    padded = sum(-(-n // k) * k for n in sizes)
-    return (k - 1) / k * padded * e * (3 if variant == "zero3" else 2)
+    padded = [-(-n // k) * k for n in sizes]
+    if variant == "zero3":   # the last block stays whole from its forward to its backward
+        return (k - 1) / k * e * (3 * sum(padded) - padded[-1])
+    return (k - 1) / k * sum(padded) * e * 2
 
 
 def ideal_bytes_per_parameter(stage: int, world_size: int, mixed: bool = False) -> dict:
