@@ -198,24 +198,27 @@ def test_nccl_without_enough_gpus_is_refused():
     assert "use --backend gloo to run the workers as CPU processes" in done.stderr
 
 
-def start_training_and_wait(*args):
+def start_training_and_wait(folder, *args):
     """Start a long `train` run with two spawned workers; return it and the workers once
-    training has begun."""
+    training has begun: its first checkpoint exists, so every worker has finished a step
+    (a fixed wait is not enough on a loaded machine, where starting a worker can take
+    longer than the run's --timeout)."""
     import time
 
     import psutil
 
+    marker = folder / "begun.pt"
     run = subprocess.Popen([sys.executable, "-m", "parcourse", "train", *args, "--steps",
-                            "100000", "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
+                            "100000", "--quiet", "--checkpoint", str(marker),
+                            "--checkpoint-every", "1"], cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    workers = []
-    while len(workers) < 2:
-        assert time.monotonic() < deadline, "workers did not start"
-        workers = [p for p in psutil.Process(run.pid).children()
-                   if "multiprocessing.spawn" in " ".join(p.cmdline())]
+    deadline = time.monotonic() + 90
+    while not marker.exists():
+        assert time.monotonic() < deadline and run.poll() is None, "training did not begin"
         time.sleep(0.1)
-    time.sleep(3)  # let training begin
+    workers = [p for p in psutil.Process(run.pid).children()
+               if "multiprocessing.spawn" in " ".join(p.cmdline())]
+    assert len(workers) == 2
     return run, workers
 
 
@@ -224,7 +227,7 @@ def test_a_killed_worker_is_reported_with_its_rank_and_nothing_is_left(tmp_path)
 
     import psutil
 
-    run, workers = start_training_and_wait("--strategy", "ddp", "--workers", "2",
+    run, workers = start_training_and_wait(tmp_path, "--strategy", "ddp", "--workers", "2",
                                            "--model", "complex")
     victim = workers[1]
     victim.send_signal(signal.SIGKILL)
@@ -246,15 +249,16 @@ def test_a_hung_worker_is_stopped_at_the_timeout_and_reported(tmp_path):
 
     import psutil
 
-    run, workers = start_training_and_wait("--strategy", "pipeline-1f1b", "--workers", "2",
-                                           "--microbatches", "2", "--timeout", "20")
+    run, workers = start_training_and_wait(tmp_path, "--strategy", "pipeline-1f1b",
+                                           "--workers", "2", "--microbatches", "2",
+                                           "--timeout", "60")
     started = time.monotonic()
     workers[1].send_signal(signal.SIGSTOP)
-    stdout, stderr = run.communicate(timeout=60)
-    assert time.monotonic() - started < 25  # within the timeout, not after the test's
+    stdout, stderr = run.communicate(timeout=120)
+    assert time.monotonic() - started < 65  # within the timeout, not after the test's
     assert run.returncode == 1
     assert re.search(r"python -m parcourse train: failed: worker ranks? [01](, 1)? of 2 did "
-                     r"not finish within 20 s and (was|were) stopped", stderr), stderr[-2000:]
+                     r"not finish within 60 s and (was|were) stopped", stderr), stderr[-2000:]
     assert not any(psutil.pid_exists(p.pid) and p.status() != psutil.STATUS_ZOMBIE
                    for p in workers)
 
