@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{option_help('reshard_after_forward')}: keep each layer's gathered "
                         f"parameters from forward to backward instead of gathering them "
                         f"again (less traffic, more memory)")
+    t.add_argument("--sequence-parallel", action="store_true",
+                   help=f"{option_help('sequence_parallel')}, --model gpt: split the "
+                        f"LayerNorm and residual activations along the sequence too: "
+                        f"all-gather and reduce-scatter instead of all-reduce, 1/K of the "
+                        f"activations (Korthikanti et al., 2022)")
     t.add_argument("--timeout", type=float, default=defaults.timeout, metavar="SECONDS",
                    help="stop the workers if they have not finished by then (default: %(default)s)")
     t.add_argument("--save", metavar="FILE",
