@@ -20,6 +20,7 @@ from .errors import ConfigError, MissingDependencyError, TrainingDiverged
 from .models import MODELS
 from .training import DATASETS, DTYPES, OPTIMIZERS, REGISTRY, TrainConfig, train
 from .bench import command as bench_command
+from .bench import gpt as bench_gpt
 from .training.registry import option_help
 
 
@@ -198,12 +199,15 @@ def train_command(args: argparse.Namespace) -> int:
                        "test_accuracy": result.test_accuracy,
                        "communication_seconds": result.communication_seconds,
                        "overlap": result.overlap,
+                       **({"throughput": bench_gpt.throughput(result)}
+                          if config.model == "gpt" else {}),
                        "config": vars(config)}, f, indent=1)
     if not config.quiet:
         workers = result.config.workers  # horovod-elastic: the workers left at the end
         print(f"{config.strategy} on {workers} worker{'s' if workers > 1 else ''}: "
               f"final loss {result.losses[-1]:.4f}, test accuracy {result.test_accuracy:.1%}, "
               f"{result.samples_per_second:,.0f} samples/s"
+              + (bench_gpt.summary(result) if config.model == "gpt" else "")
               + (f"; parameters saved to {args.save}" if args.save else ""))
     return 0
 
