@@ -20,6 +20,7 @@ from .errors import ConfigError, MissingDependencyError, TrainingDiverged
 from .models import MODELS
 from .training import DATASETS, DTYPES, OPTIMIZERS, REGISTRY, TrainConfig, train
 from .bench import command as bench_command
+from .bench import gpt as bench_gpt
 from .training.registry import option_help
 
 
@@ -122,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{option_help('reshard_after_forward')}: keep each layer's gathered "
                         f"parameters from forward to backward instead of gathering them "
                         f"again (less traffic, more memory)")
+    t.add_argument("--sequence-parallel", action="store_true",
+                   help=f"{option_help('sequence_parallel')}, --model gpt: split the "
+                        f"LayerNorm and residual activations along the sequence too: "
+                        f"all-gather and reduce-scatter instead of all-reduce, 1/K of the "
+                        f"activations (Korthikanti et al., 2022)")
     t.add_argument("--timeout", type=float, default=defaults.timeout, metavar="SECONDS",
                    help="stop the workers if they have not finished by then (default: %(default)s)")
     t.add_argument("--save", metavar="FILE",
@@ -193,12 +199,15 @@ def train_command(args: argparse.Namespace) -> int:
                        "test_accuracy": result.test_accuracy,
                        "communication_seconds": result.communication_seconds,
                        "overlap": result.overlap,
+                       **({"throughput": bench_gpt.throughput(result)}
+                          if config.model == "gpt" else {}),
                        "config": vars(config)}, f, indent=1)
     if not config.quiet:
         workers = result.config.workers  # horovod-elastic: the workers left at the end
         print(f"{config.strategy} on {workers} worker{'s' if workers > 1 else ''}: "
               f"final loss {result.losses[-1]:.4f}, test accuracy {result.test_accuracy:.1%}, "
               f"{result.samples_per_second:,.0f} samples/s"
+              + (bench_gpt.summary(result) if config.model == "gpt" else "")
               + (f"; parameters saved to {args.save}" if args.save else ""))
     return 0
 

@@ -61,14 +61,22 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(width, width)       # W_o
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=-1)
-        q, k, v = (z.view(n, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        scores = q @ k.transpose(-2, -1) / math.sqrt(d // self.heads)    # (n, H, t, t)
-        later = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
-        weights = scores.masked_fill(later, float("-inf")).softmax(dim=-1)
-        mixed = (weights @ v).transpose(1, 2).reshape(n, t, d)           # heads side by side
-        return self.out(mixed)
+        return self.out(attend(self.qkv(x), self.heads))
+
+
+def attend(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """The heads' causal attention from their projections: ``qkv`` (n, t, 3·H·d_h) holds
+    [q | k | v], each H heads of d_h side by side; returns the heads' outputs side by side,
+    (n, t, H·d_h). A tensor-parallel rank calls it with its own heads only
+    (:mod:`parcourse.model_parallel.tensor_gpt`)."""
+    n, t, _ = qkv.shape
+    q, k, v = qkv.chunk(3, dim=-1)
+    d = q.shape[-1]
+    q, k, v = (z.view(n, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d // heads)             # (n, H, t, t)
+    later = torch.ones(t, t, dtype=torch.bool, device=qkv.device).triu(1)
+    weights = scores.masked_fill(later, float("-inf")).softmax(dim=-1)
+    return (weights @ v).transpose(1, 2).reshape(n, t, d)                # heads side by side
 
 
 class Block(nn.Module):

@@ -25,7 +25,8 @@ def add_parser(commands) -> None:
     b = commands.add_parser("bench", help="benchmarks that print tables",
                             description="Benchmarks: they print tables and ratios measured "
                                         "side by side in one run; nothing is asserted.")
-    b.add_argument("what", choices=("allreduce", "dp", "memory", "pipeline", "kernels"),
+    b.add_argument("what", choices=("allreduce", "dp", "memory", "pipeline", "kernels", "gpt",
+                                    "transformer"),
                    help="allreduce: bus bandwidth of each all-reduce, reduce-scatter and "
                         "all-gather against gloo's; "
                         "dp: training throughput of the data-parallel strategies against DDP; "
@@ -33,12 +34,18 @@ def add_parser(commands) -> None:
                         "the formula, with step times and bytes sent; "
                         "pipeline: step time and bubble of the naive split, GPipe and 1F1B; "
                         "kernels: the Triton kernels (GPU) or the torch ops (CPU) against "
-                        "the device's roofline")
+                        "the device's roofline; "
+                        "gpt: tokens/s and model FLOPs utilization of the GPT under each "
+                        "strategy; transformer: bytes moved and activation memory per rank "
+                        "under tensor and sequence parallelism, against the formulas")
     b.add_argument("--workers", type=int, nargs="+", default=None, metavar="K",
-                   help="numbers of workers (default: allreduce 2 4, dp 2)")
+                   help="numbers of workers (default: allreduce 2 4, dp 2, gpt 2, "
+                        "transformer 2 4)")
     b.add_argument("--strategies", nargs="+", default=None, metavar="NAME",
                    help="dp: the strategies to compare, the first is the reference "
-                        "(default: ddp dp-manual dp-bucketed); memory: ddp zero1 zero2 zero3")
+                        "(default: ddp dp-manual dp-bucketed); memory: ddp zero1 zero2 zero3; "
+                        "gpt: ddp fsdp tensor (after single; tensor also with "
+                        "--sequence-parallel)")
     b.add_argument("--max-mb", type=float, default=64, metavar="MB",
                    help="allreduce: largest message in MiB (default: %(default)s)")
     b.add_argument("--partition", default="time", metavar="HOW",
@@ -46,11 +53,12 @@ def add_parser(commands) -> None:
     b.add_argument("--horovod", action="store_true",
                    help="allreduce: include Horovod's all-reduce")
     b.add_argument("--steps", type=int, default=None,
-                   help="dp, pipeline: steps per run (default: dp 200, pipeline 12)")
+                   help="dp, pipeline, gpt: steps per run (default: dp 200, pipeline 12, "
+                        "gpt 20)")
     b.add_argument("--microbatches", type=int, nargs="+", default=None, metavar="M",
                    help="pipeline: numbers of micro-batches (default: 1 2 4 8)")
-    b.add_argument("--batch-size", type=int, default=256, metavar="B",
-                   help="dp: global batch (default: %(default)s)")
+    b.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="dp, memory, pipeline, gpt: global batch (default: 256; gpt 16)")
     b.add_argument("--model", default=None, metavar="NAME",
                    help="dp, pipeline: model to train (default: dp simple, pipeline complex)")
     b.add_argument("--quick", action="store_true", help="kernels: small sizes (a smoke test)")
@@ -66,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {env.describe()}")
     if args.what == "kernels":
         return _bench_kernels(args)
+    if args.what in ("gpt", "transformer"):
+        return _bench_transformer(args)
+    args.batch_size = args.batch_size or 256
     if args.what == "allreduce":
         largest = int(args.max_mb * (1 << 20))
         sizes = [s for s in bench_allreduce.DEFAULT_SIZES if s <= largest]
@@ -117,6 +128,39 @@ def run(args: argparse.Namespace) -> int:
                   f"{base.steps} steps, best of 3 interleaved rounds")
             print(bench_training.format_rows(bench_training.compare_strategies(
                 strategies, base=base)))
+    return 0
+
+
+def _bench_transformer(args: argparse.Namespace) -> int:
+    """bench gpt (throughput and MFU) and bench transformer (traffic and memory)."""
+    if args.what == "transformer":
+        from . import transformer_memory
+
+        for k in args.workers or (2, 4):
+            figures = transformer_memory.measure(k)
+            print(f"# T = {k} tensor ranks; {transformer_memory.describe()}; bytes of one "
+                  f"training step, rank 0")
+            print(transformer_memory.format_traffic(transformer_memory.traffic(k, figures=figures)))
+            print("# activations one block keeps for backward, rank 0")
+            print(transformer_memory.format_memory(transformer_memory.memory(k, figures=figures)))
+        return 0
+    from . import gpt as bench_gpt
+
+    base = TrainConfig(model="gpt", steps=args.steps or 20, batch_size=args.batch_size or 16)
+    runs = bench_gpt.runs_of(tuple(args.strategies or bench_gpt.DEFAULT_STRATEGIES),
+                             tuple(args.workers or (2,)))
+    try:
+        for strategy, workers, sequence_parallel in runs:
+            validate(replace(base, strategy=strategy, workers=workers,
+                             sequence_parallel=sequence_parallel))
+    except ConfigError as err:
+        _fail(f"python -m parcourse bench: error: {err}")
+    per_token = bench_gpt.model_flops.gpt_flops_per_token(base.layers, base.width, base.heads,
+                                                          base.sequence)
+    print(f"# GPT L = {base.layers}, d = {base.width}, H = {base.heads}, s = {base.sequence}, "
+          f"global batch {base.batch_size} windows, {base.steps} steps, {base.dtype}; model "
+          f"FLOPs per token 6N + 12·L·d·s = {per_token:,}")
+    print(bench_gpt.format_rows(bench_gpt.compare(runs, base)))
     return 0
 
 

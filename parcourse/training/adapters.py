@@ -83,21 +83,23 @@ class Stages:
 
 class TensorShards:
     """1/K of each split layer (Megatron): gathered into the unsplit model's parameters
-    and Adam state, sliced back on load (:mod:`parcourse.model_parallel.tensor`)."""
+    and Adam state, sliced back on load. ``layout`` is the module that knows the split:
+    :mod:`parcourse.model_parallel.tensor` (the MLP and CNN) or
+    :mod:`parcourse.model_parallel.tensor_gpt` (the GPT)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int,
-                 world_size: int):
-        self.model, self.optimizer = model, optimizer
+                 world_size: int, layout=tensor_parallel):
+        self.model, self.optimizer, self.layout = model, optimizer, layout
         self.rank, self.world_size = rank, world_size
 
     def full(self):
-        model_state = tensor_parallel.full_state_dict(self.model)        # collectives: every
-        optimizer_state = tensor_parallel.full_optimizer_state(          # worker takes part
+        model_state = self.layout.full_state_dict(self.model)        # collectives: every
+        optimizer_state = self.layout.full_optimizer_state(          # worker takes part
             self.optimizer, self.model, self.world_size)
         return (model_state, optimizer_state) if self.rank == 0 else None
 
     def load(self, saved: dict) -> None:
-        model_state, optimizer_state = tensor_parallel.shard_state(
+        model_state, optimizer_state = self.layout.shard_state(
             saved["model"], self.model, self.rank, self.world_size)
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(optimizer_state(saved["optimizer"]))

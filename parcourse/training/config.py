@@ -82,6 +82,9 @@ class TrainConfig:
     reshard_after_forward: bool = True
     """FSDP: free each layer's gathered parameters after forward and gather them again in
     backward (``--no-reshard-after-forward`` keeps them: less traffic, more memory)."""
+    sequence_parallel: bool = False
+    """Tensor parallelism of the GPT: split the LayerNorm and residual activations along
+    the sequence too (Korthikanti et al., 2022; :mod:`parcourse.model_parallel.sequence`)."""
     checkpoint: str | None = None
     """File for checkpoints (:mod:`parcourse.checkpoint`)."""
     checkpoint_every: int = 0
@@ -116,3 +119,8 @@ class TrainResult:
     @property
     def samples_per_second(self) -> float:
         return self.config.steps * self.config.batch_size / self.seconds
+
+    @property
+    def tokens_per_second(self) -> float:
+        """For the GPT: windows per second × tokens per window (its samples are windows)."""
+        return self.samples_per_second * self.config.sequence

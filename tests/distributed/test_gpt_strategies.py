@@ -67,8 +67,8 @@ def test_a_zero3_checkpoint_resumes_under_fsdp(tmp_path, single):
 @pytest.mark.parametrize("args, message", [
     (["--model", "gpt", "--strategy", "pipeline-1f1b", "--workers", "2"],
      "--model gpt works with --strategy single, ddp, dp-manual, dp-bucketed, zero1, zero2, "
-     "zero3, fsdp, torch-zero1, horovod, horovod-elastic (got --strategy pipeline-1f1b): "
-     "pipelines and tensor parallelism of the GPT are not built yet"),
+     "zero3, fsdp, torch-zero1, horovod, horovod-elastic, tensor (got --strategy "
+     "pipeline-1f1b): pipelines of the GPT are not built yet"),
     (["--width", "64"], "--width works with --model gpt (got --model simple)"),
 ])
 def test_bad_gpt_options_exit_2_with_one_line(args, message):

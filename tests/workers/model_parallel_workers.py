@@ -101,3 +101,56 @@ def tensor_parallel_attention(rank, world_size, batch=2, seq=5, width=12, heads=
     y = layer(x)
     (y * upstream_gradient(y.shape)).sum().backward()
     return y.detach(), x.grad, layer.out.weight.grad, layer.qkv_weight.grad
+
+
+def sequence_operators(rank, world_size, batch=2, part=3, width=5):
+    """g, ḡ, the entry and exit of the sequence region and the fused GatheredLinear on
+    (batch, part·K, width) float64 tensors: this rank's inputs, upstream gradients,
+    outputs and input gradients, and the bytes counted."""
+    from parcourse.model_parallel import sequence as seq
+
+    def draw(seed, *shape):
+        return torch.randn(*shape, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(seed))
+
+    s = part * world_size
+    whole = draw(0, batch, s, width)                          # the same on every rank
+    mine = whole[:, rank * part:(rank + 1) * part].clone().requires_grad_()
+    upstream = draw(10 + rank, batch, s, width)               # a different one per rank
+    tensor_parallel.COMMUNICATION.clear()
+    gathered = seq.AllGatherForwardReduceScatterBackward.apply(mine, None)
+    gathered.backward(upstream)
+    partial = draw(20 + rank, batch, s, width).requires_grad_()
+    scattered = seq.ReduceScatterForwardAllGatherBackward.apply(partial, None)
+    scattered_upstream = draw(30 + rank, batch, part, width)
+    scattered.backward(scattered_upstream)
+    counted = {name: list(record) for name, record in tensor_parallel.COMMUNICATION.items()}
+
+    entry = whole.clone().requires_grad_()
+    sliced = seq.SliceForwardAllGatherBackward.apply(entry, None)
+    sliced_upstream = draw(40 + rank, batch, part, width)
+    sliced.backward(sliced_upstream)
+    exit_ = mine.detach().clone().requires_grad_()
+    left = seq.AllGatherForwardSliceBackward.apply(exit_, None)
+    left.backward(draw(50, batch, s, width))                  # the same on every rank
+
+    weight = draw(60 + rank, 4, width).requires_grad_()
+    bias = draw(70 + rank, 4).requires_grad_()
+    fused_in = mine.detach().clone().requires_grad_()
+    fused = seq.GatheredLinear.apply(fused_in, weight, bias, None)
+    fused.backward(draw(80 + rank, batch, s, 4))
+    fused_grads = [t.grad.clone() for t in (fused_in, weight, bias)]
+    for t in (weight, bias):
+        t.grad = None
+    plain_in = mine.detach().clone().requires_grad_()
+    plain = F.linear(seq.AllGatherForwardReduceScatterBackward.apply(plain_in, None),
+                     weight, bias)
+    plain.backward(draw(80 + rank, batch, s, 4))
+    plain_grads = [t.grad for t in (plain_in, weight, bias)]
+    return {"gathered": gathered.detach(), "mine_grad": mine.grad, "upstream": upstream,
+            "partial": partial.detach(), "scattered": scattered.detach(),
+            "scattered_upstream": scattered_upstream, "partial_grad": partial.grad,
+            "sliced": sliced.detach(), "sliced_upstream": sliced_upstream,
+            "entry_grad": entry.grad, "left": left.detach(), "exit_grad": exit_.grad,
+            "exit_upstream": draw(50, batch, s, width), "fused": (fused.detach(), plain.detach()),
+            "fused_grads": (fused_grads, plain_grads), "counted": counted}
