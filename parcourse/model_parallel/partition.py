@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models import shared_parameters
 
 METHODS = ("parameters", "time")
 
@@ -153,3 +154,22 @@ def boundary_shapes(model: nn.Sequential, ranges: list[tuple[int, int]],
             x = model[start:end](x)
     return shapes + [x.shape]
 
+
+
+def tied_across_stages(model: nn.Sequential,
+                       ranges: list[tuple[int, int]]) -> list[tuple[int, str, int, str]]:
+    """The parameters that two stages hold: ``(stage a, name, stage b, other name)`` for
+    each parameter registered in layers that fall on different stages.
+
+    The GPT's head *is* its token table (weight tying): cut into a pipeline, the first
+    stage holds the table as ``0.token.weight``, the last as the head's ``weight``. Each
+    copy's gradient has only its own stage's use, so the two stages sum them (in
+    Megatron-LM, the "embedding group" all-reduce) and both copies step alike.
+    """
+    def stage_of(name: str) -> int:
+        layer = int(name.split(".")[0])
+        return next(s for s, (start, end) in enumerate(ranges) if start <= layer < end)
+
+    return [(stage_of(owner), owner, stage_of(alias), alias)
+            for alias, owner in shared_parameters(model).items()
+            if stage_of(owner) != stage_of(alias)]

@@ -179,7 +179,8 @@ class PipelineStage:
                 start = time.perf_counter()
                 out = self.module(x)
                 if self.is_last:
-                    loss = F.cross_entropy(out, targets[m])
+                    # logits (n, classes) or, for a GPT, (n, T, vocab): mean over all
+                    loss = F.cross_entropy(out.flatten(0, -2), targets[m].flatten())
                     loss_sum += loss.item() * weights[m]
                     out = loss * weights[m]
                 end = time.perf_counter()

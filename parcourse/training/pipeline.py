@@ -6,9 +6,14 @@ parts start exactly as the single-device model does. Worker ``rank`` is stage s 
 replica r in the grid :class:`parcourse.grid.Grid` (R replicas × P stages). Replica r
 trains on shard r of the global batch, cut into M micro-batches; micro-batch m is
 weighted b_m / B (B: the global batch), so the sum over micro-batches and replicas is the
-full batch's gradient. After the backward pass, the workers that hold the same stage
-all-reduce (sum) their gradients within their data-parallel group. The schedules and the
-stage that runs them are :mod:`parcourse.model_parallel.pipeline`.
+full batch's gradient. After the backward pass, a weight that two stages hold (the GPT's
+token table: embeddings on the first stage, head on the last) has its two gradients summed
+between those stages of each replica (Megatron-LM's "embedding group"), then the workers
+that hold the same stage all-reduce (sum) their gradients within their data-parallel group.
+The schedules and the stage that runs them are :mod:`parcourse.model_parallel.pipeline`.
+
+For the GPT the messages between stages are (micro-batch, T, width) activations in
+``--dtype`` and their gradients; the token ids (int64) enter the first stage directly.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ from .. import launch
 from ..errors import ConfigError
 from ..grid import Grid
 from ..model_parallel import partition, pipeline
-from ..models import MODELS
+from ..models import build_model, sizes_of
 from .adapters import Stages
 from .config import TrainConfig
 from .loop import make_optimizer
 from .registry import PIPELINED, Strategy, register
-from .worker import batch_of, load_data_and_model, result, train_worker
+from .worker import batch_of, dtype_of, load_data_and_model, result, train_worker
 
 
 
@@ -71,6 +76,22 @@ def _sum_gradients(module: torch.nn.Module, group) -> None:
         offset += g.numel()
 
 
+def tied_groups(grid: Grid, ties: list[tuple[int, str, int, str]]) -> dict:
+    """``{(replica, tie): process group}`` of the two stages of each replica that hold one
+    tied weight (:func:`parcourse.model_parallel.partition.tied_across_stages`). Every worker
+    calls this, in the same order (``torch.distributed.new_group`` needs it)."""
+    return {(r, i): dist.new_group([grid.rank(r, a), grid.rank(r, b)])
+            for r in range(grid.replicas) for i, (a, _, b, _) in enumerate(ties)}
+
+
+def _sum_tied(part: torch.nn.Module, stage: int, replica: int, ties, groups) -> None:
+    """Sum the gradients of the tied weights this stage holds with the other stage's."""
+    for i, (a, name_a, b, name_b) in enumerate(ties):
+        if stage in (a, b):
+            weight = part.get_parameter(name_a if stage == a else name_b)
+            dist.all_reduce(weight.grad, group=groups[replica, i])
+
+
 def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
     """One stage of one replica; rank 0 returns the gathered result, the others None."""
     grid = Grid.of(world_size, stages=config.stages)
@@ -90,8 +111,10 @@ def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
     runner = pipeline.PipelineStage(part, where.stage, grid.stages,
                                     None if first else rank - 1, None if last else rank + 1,
                                     shapes[where.stage], shapes[where.stage + 1], device,
-                                    example.dtype)
+                                    dtype_of(config))
     groups = grid.data_parallel_groups()
+    ties = partition.tied_across_stages(model, ranges)
+    tied = tied_groups(grid, ties)
     actions = pipeline.schedule(PIPELINES[config.strategy].schedule, where.stage, grid.stages,
                                 config.microbatches)
     trainable = list(part.parameters())
@@ -109,14 +132,16 @@ def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
             targets=[dataset.train_y[i].to(device) for i in micro] if last else None,
             weights=[len(i) / config.batch_size for i in micro])
         if trainable:
+            _sum_tied(part, where.stage, where.replica, ties, tied)
             if grid.replicas > 1:
                 _sum_gradients(part, groups[where.stage, 0])
             optimizer.step()
         timeline.extend(events)
         return loss  # the last stage's share of the global mean; 0 elsewhere
 
-    first_parameter = len(list(model[:start].parameters()))
-    adapter = Stages(part, optimizer, first_parameter, grid.stages, rank, world_size)
+    number = {id(p): i for i, p in enumerate(model.parameters())}  # in the unsplit model
+    adapter = Stages(part, optimizer, [number[id(p)] for p in trainable], grid.stages, rank,
+                     world_size)
     losses, _ = train_worker(config, inner_step, adapter, rank=rank, world_size=world_size,
                              device=device)
     seconds = time.perf_counter() - t0  # on the clock of the timeline's events
@@ -146,13 +171,21 @@ def _prepare(config: TrainConfig) -> TrainConfig:
     return config if config.stages else replace(config, stages=stages_of(config))
 
 
+def layers_of(config: TrainConfig) -> str:
+    """How the check messages name the model's layers."""
+    if config.model == "gpt":
+        return f"--model gpt (the embeddings, --layers {config.layers} blocks and the head)"
+    return f"--model {config.model}"
+
+
 def _check(config: TrainConfig) -> None:
-    model, stages = MODELS[config.model](), stages_of(config)
+    model = build_model(config.model, **sizes_of(config.model, config))
+    stages = stages_of(config)
     if not PIPELINES[config.strategy].replicated and stages != config.workers:
         raise ConfigError(f"--strategy {config.strategy} runs one stage per worker, but "
                           f"--stages is {stages} and --workers {config.workers}: make them "
                           f"equal, or use --strategy dp-pp for several pipeline replicas")
-    partition.check_stages(len(model), stages, f"--model {config.model}")
+    partition.check_stages(len(model), stages, layers_of(config))
     grid = Grid.of(config.workers, stages=stages)
     check_microbatches(config.batch_size, grid.replicas, config.microbatches)
     if config.partition not in partition.METHODS:
@@ -162,5 +195,4 @@ def _check(config: TrainConfig) -> None:
 for _name, _pipeline in PIPELINES.items():
     register(Strategy(_name, train_pipeline, _pipeline.summary,
                       options=("stages", "microbatches", "partition"), batch=PIPELINED,
-                      family="pipeline", check=_check, prepare=_prepare,
-                      models=("simple", "complex")))
+                      family="pipeline", check=_check, prepare=_prepare))

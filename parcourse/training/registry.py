@@ -39,7 +39,7 @@ WEIGHTED = "weighted shards"    # weights shard k by B_k / B: any B ≥ K
 WHOLE = "the whole batch"       # every worker sees the whole batch (one worker, or tensor)
 PIPELINED = "micro-batches"     # replicas' shards, cut into micro-batches
 # Why a model is not (yet) trained by the strategies that do not declare it.
-NOT_BUILT = {"gpt": "pipelines and tensor parallelism of the GPT are not built yet"}
+NOT_BUILT = {"gpt": "tensor parallelism of the GPT is not built yet"}
 
 
 @dataclass(frozen=True)
