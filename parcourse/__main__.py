@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--microbatches", type=int, default=defaults.microbatches, metavar="M",
                    help=f"{option_help('microbatches')}: micro-batches per step; 1 is the "
                         f"naive layer split (default: %(default)s)")
+    t.add_argument("--chunks", type=int, default=defaults.chunks, metavar="V",
+                   help=f"{option_help('chunks')}: model chunks per stage; the model is cut "
+                        f"into stages × V chunks and stage s holds chunks s, s + P, … "
+                        f"(default: 2)")
     t.add_argument("--partition", default=defaults.partition, metavar="HOW",
                    help=f"{option_help('partition')}: where to cut the model: 'parameters' "
                         f"(balance parameter counts), 'time' (balance measured layer times) "

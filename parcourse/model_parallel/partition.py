@@ -107,15 +107,16 @@ def by_parameters(model: nn.Sequential, stages: int) -> list[int]:
     return [blocks[i][0] for i in balanced_boundaries(block_costs, stages)]
 
 
-def parse_boundaries(text: str, layers: int, stages: int) -> list[int]:
-    """Boundaries given by the user as ``"3"`` or ``"2,5"``; checked against the model."""
+def parse_boundaries(text: str, layers: int, stages: int, counted: str = "--stages") -> list[int]:
+    """Boundaries given by the user as ``"3"`` or ``"2,5"``; checked against the model
+    (``counted`` names the options that make the ``stages`` parts)."""
     try:
         bounds = [int(b) for b in text.split(",")]
     except ValueError:
         raise ConfigError(f"--partition {text!r} is not {' or '.join(METHODS)} or a "
                           f"comma-separated list of layer indices such as 3 or 2,5") from None
     if len(bounds) != stages - 1:
-        raise ConfigError(f"--partition {text!r} gives {len(bounds) + 1} stages but --stages "
+        raise ConfigError(f"--partition {text!r} gives {len(bounds) + 1} stages but {counted} "
                           f"is {stages}: give {stages - 1} cut point(s)")
     if bounds != sorted(set(bounds)) or bounds[0] <= 0 or bounds[-1] >= layers:
         raise ConfigError(f"--partition {text!r}: cut points must increase strictly and lie "

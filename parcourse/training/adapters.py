@@ -49,7 +49,8 @@ class Replica:
 
 
 class Stages:
-    """Layers ``start … end − 1`` of the model; replica 0's stages make the unsplit model.
+    """A pipeline stage's layers (``start … end − 1``, or an interleaved stage's chunks);
+    replica 0's stages make the unsplit model.
 
     The optimizer over this stage's parameters numbers them 0, 1, …; ``indices[i]`` is
     the unsplit model's number of parameter i (:func:`parcourse.checkpoint.merge_optimizer_states`):
@@ -72,6 +73,9 @@ class Stages:
             return None
         first_replica = gathered[:self.stages]
         model_state = {k: v for state, _, _ in first_replica for k, v in state.items()}
+        # in the unsplit model's order: by layer (an interleaved stage holds layers that
+        # are not consecutive), each layer's keys as its stage lists them
+        model_state = dict(sorted(model_state.items(), key=lambda kv: int(kv[0].split(".")[0])))
         return model_state, checkpoint.merge_optimizer_states(
             [o for _, o, _ in first_replica], [i for _, _, i in first_replica])
 

@@ -74,6 +74,8 @@ class TrainConfig:
     """Pipeline stages (0: the strategy's default)."""
     microbatches: int = 1
     """Micro-batches per step in a pipeline (1: the naive layer split)."""
+    chunks: int = 0
+    """Interleaved pipeline: model chunks V per stage (0: the strategy's default, 2)."""
     partition: str = "parameters"
     """Where to cut a pipeline: parameters, time, or cut points such as 3 or 2,5."""
     recompute: bool = False
@@ -111,7 +113,8 @@ class TrainResult:
     overlap: float = 0.0                   # dp-bucketed: share of it hidden behind backward
     timeline: list = field(default_factory=list, repr=False)  # pipelines: pipeline.Event list
     peak_in_flight: list = field(default_factory=list)       # pipelines: per stage
-    stage_layers: list = field(default_factory=list)         # pipelines: (start, end) per stage
+    stage_layers: list = field(default_factory=list)  # pipelines: (start, end) of each
+    # virtual stage (chunk c of stage s is entry c·P + s; one per stage without chunks)
 
     @property
     def samples_per_second(self) -> float:

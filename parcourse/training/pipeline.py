@@ -19,6 +19,7 @@ For the GPT the messages between stages are (micro-batch, T, width) activations 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import torch
@@ -28,7 +29,7 @@ from .. import data as datasets
 from .. import launch
 from ..errors import ConfigError
 from ..grid import Grid
-from ..model_parallel import partition, pipeline
+from ..model_parallel import partition, pipeline, schedules
 from ..models import build_model, sizes_of
 from .adapters import Stages
 from .config import TrainConfig
@@ -40,8 +41,8 @@ from .worker import batch_of, dtype_of, load_data_and_model, result, train_worke
 
 @dataclass(frozen=True)
 class Pipeline:
-    """What distinguishes the three pipeline strategies."""
-    schedule: str        # a name of parcourse.model_parallel.pipeline.SCHEDULES
+    """What distinguishes the pipeline strategies."""
+    schedule: str        # a name of parcourse.model_parallel.schedules.SCHEDULES
     replicated: bool     # several replicas of the pipeline (then 2 stages by default)
     summary: str
 
@@ -49,8 +50,14 @@ class Pipeline:
 PIPELINES = {
     "pipeline-gpipe": Pipeline("gpipe", False, "GPipe: all forwards, then all backwards"),
     "pipeline-1f1b": Pipeline("1f1b", False, "1F1B: one forward, one backward (PipeDream-Flush)"),
+    "pipeline-interleaved": Pipeline("interleaved", False,
+                                     "interleaved 1F1B: --chunks model chunks per stage"),
+    "pipeline-zb-h1": Pipeline("zb-h1", False,
+                               "ZB-H1: backward split into input and weight gradients, the "
+                               "weight gradients moved into the bubble"),
     "dp-pp": Pipeline("1f1b", True, "replicas × 1F1B pipeline stages"),
 }
+DEFAULT_CHUNKS = 2  # pipeline-interleaved without --chunks
 
 
 def check_microbatches(batch_size: int, replicas: int, microbatches: int) -> None:
@@ -92,31 +99,43 @@ def _sum_tied(part: torch.nn.Module, stage: int, replica: int, ties, groups) -> 
             dist.all_reduce(weight.grad, group=groups[replica, i])
 
 
+def chunks_of(config: TrainConfig) -> int:
+    """``--chunks``: V model chunks per stage (0: 2 for pipeline-interleaved, else 1)."""
+    if config.chunks:
+        return config.chunks
+    return DEFAULT_CHUNKS if PIPELINES[config.strategy].schedule == "interleaved" else 1
+
+
 def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
     """One stage of one replica; rank 0 returns the gathered result, the others None."""
     grid = Grid.of(world_size, stages=config.stages)
     where, device = grid.position(rank), launch.device()
+    name, chunks = PIPELINES[config.strategy].schedule, chunks_of(config)
     dataset, model = load_data_and_model(config)
     micro_size = config.batch_size // (grid.replicas * config.microbatches)
     example = dataset.train_x[:micro_size]  # one micro-batch: shapes and layer times
-    # measured layer times differ from worker to worker: rank 0 decides for everyone
-    decision = [partition.partition(model, grid.stages, config.partition, example)
+    # measured layer times differ from worker to worker: rank 0 decides for everyone;
+    # virtual stage v = c·P + s is chunk c of stage s
+    decision = [partition.partition(model, grid.stages * chunks, config.partition, example)
                 if rank == 0 else None]
     dist.broadcast_object_list(decision, src=0)
     ranges = decision[0]
     shapes = partition.boundary_shapes(model, ranges, example)
-    start, end = ranges[where.stage]
-    part = model[start:end].to(device)
+    mine = [ranges[c * grid.stages + where.stage] for c in range(chunks)]
+    modules = [model[start:end].to(device) for start, end in mine]
+    # this stage's layers under their own names: its state, parameters and optimizer
+    part = type(model)(OrderedDict((k, m) for module in modules for k, m in module.named_children()))
     first, last = where.stage == 0, where.stage == grid.stages - 1
-    runner = pipeline.PipelineStage(part, where.stage, grid.stages,
-                                    None if first else rank - 1, None if last else rank + 1,
-                                    shapes[where.stage], shapes[where.stage + 1], device,
-                                    dtype_of(config))
+    runner = pipeline.PipelineStage(modules, where.stage, grid.stages,
+                                    grid.pipeline_ranks(where.replica), shapes, device,
+                                    dtype_of(config),
+                                    split_backward=name in schedules.SPLIT_BACKWARD)
     groups = grid.data_parallel_groups()
-    ties = partition.tied_across_stages(model, ranges)
+    ties = [(a % grid.stages, name_a, b % grid.stages, name_b)
+            for a, name_a, b, name_b in partition.tied_across_stages(model, ranges)
+            if a % grid.stages != b % grid.stages]
     tied = tied_groups(grid, ties)
-    actions = pipeline.schedule(PIPELINES[config.strategy].schedule, where.stage, grid.stages,
-                                config.microbatches)
+    actions = schedules.schedule(name, where.stage, grid.stages, config.microbatches, chunks)
     trainable = list(part.parameters())
     optimizer = make_optimizer(config.optimizer, trainable, config.lr) if trainable else None
     timeline, t0 = [], pipeline.common_clock_origin(device)
@@ -186,13 +205,23 @@ def _check(config: TrainConfig) -> None:
                           f"--stages is {stages} and --workers {config.workers}: make them "
                           f"equal, or use --strategy dp-pp for several pipeline replicas")
     partition.check_stages(len(model), stages, layers_of(config))
+    chunks = chunks_of(config)
+    if stages * chunks > len(model):
+        raise ConfigError(f"--stages {stages} × --chunks {chunks} = {stages * chunks} model "
+                          f"chunks is more than the {len(model)} layers of {layers_of(config)}: "
+                          f"each chunk needs at least one layer, so use --chunks "
+                          f"{len(model) // stages} or fewer")
     grid = Grid.of(config.workers, stages=stages)
     check_microbatches(config.batch_size, grid.replicas, config.microbatches)
+    schedules.check_schedule(PIPELINES[config.strategy].schedule, stages, config.microbatches,
+                             chunks)
     if config.partition not in partition.METHODS:
-        partition.parse_boundaries(config.partition, len(model), stages)
+        partition.parse_boundaries(config.partition, len(model), stages * chunks,
+                                   "--stages × --chunks" if chunks > 1 else "--stages")
 
 
 for _name, _pipeline in PIPELINES.items():
     register(Strategy(_name, train_pipeline, _pipeline.summary,
-                      options=("stages", "microbatches", "partition"), batch=PIPELINED,
-                      family="pipeline", check=_check, prepare=_prepare))
+                      options=("stages", "microbatches", "partition",
+                               *(("chunks",) if _pipeline.schedule == "interleaved" else ())),
+                      batch=PIPELINED, family="pipeline", check=_check, prepare=_prepare))

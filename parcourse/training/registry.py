@@ -27,7 +27,8 @@ from .config import DATASETS, DTYPES, MODEL_DATASETS, OPTIMIZERS, TrainConfig, T
 
 # Options that only some strategies take; every other field of TrainConfig applies to all.
 SPECIFIC = ("allreduce", "bucket_kb", "fp16_allreduce", "accumulation", "stages",
-            "microbatches", "partition", "recompute", "precision", "reshard_after_forward")
+            "microbatches", "chunks", "partition", "recompute", "precision",
+            "reshard_after_forward")
 # Of those, the ones that tune how a strategy runs, not what it computes: a strategy that
 # does not take them ignores them, so that one configuration serves several strategies
 # (the book's comparisons do this). Setting any other specific option for a strategy that

@@ -63,13 +63,27 @@ def test_pipeline_under_torchrun(tmp_path, single):
      "make them equal, or use --strategy dp-pp for several pipeline replicas"),
     (["--strategy", "ddp", "--workers", "2", "--microbatches", "2"],
      "--microbatches works with the pipeline strategies (pipeline-gpipe, pipeline-1f1b, "
-     "dp-pp), not --strategy ddp"),
+     "pipeline-interleaved, pipeline-zb-h1, dp-pp), not --strategy ddp"),
     (["--strategy", "tensor", "--workers", "3"],
      "layer 1 has 64 features, which cannot be split evenly over 3 workers: use a number of "
      "workers that divides 64"),
     (["--strategy", "pipeline-gpipe", "--workers", "2", "--partition", "9"],
      "--partition '9': cut points must increase strictly and lie between 1 and 5 (the model "
      "has 6 layers)"),
+    (["--strategy", "pipeline-interleaved", "--workers", "2", "--microbatches", "1"],
+     "--microbatches 1 is fewer than --stages 2: interleaved 1F1B sends the micro-batches "
+     "through each chunk in groups of P = 2, so it needs at least 2"),
+    (["--strategy", "pipeline-interleaved", "--workers", "4", "--microbatches", "6",
+      "--batch-size", "48", "--model", "complex"],
+     "--microbatches 6 is not a multiple of --stages 4: interleaved 1F1B sends the "
+     "micro-batches through each chunk in groups of P = 4; use 4 or 8"),
+    (["--strategy", "pipeline-interleaved", "--workers", "2", "--microbatches", "4",
+      "--model", "gpt", "--chunks", "3"],
+     "--stages 2 × --chunks 3 = 6 model chunks is more than the 4 layers of --model gpt (the "
+     "embeddings, --layers 2 blocks and the head): each chunk needs at least one layer, so "
+     "use --chunks 2 or fewer"),
+    (["--strategy", "pipeline-1f1b", "--workers", "2", "--chunks", "2"],
+     "--chunks works with --strategy pipeline-interleaved (got --strategy pipeline-1f1b)"),
     (["--strategy", "horovod-elastic", "--workers", "2", "--checkpoint", "c.pt"],
      "--checkpoint and --resume do not apply to --strategy horovod-elastic, which commits its "
      "state in memory every 10 steps"),

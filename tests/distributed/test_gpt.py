@@ -86,7 +86,8 @@ def test_a_pipeline_checkpoint_resumes_cut_another_way(tmp_path, single):
     (["--model", "gpt", "--strategy", "tensor", "--workers", "2"],
      "--model gpt works with --strategy single, ddp, dp-manual, dp-bucketed, zero1, zero2, "
      "zero3, fsdp, torch-zero1, horovod, horovod-elastic, pipeline-gpipe, pipeline-1f1b, "
-     "dp-pp (got --strategy tensor): tensor parallelism of the GPT is not built yet"),
+     "pipeline-interleaved, pipeline-zb-h1, dp-pp (got --strategy tensor): tensor "
+     "parallelism of the GPT is not built yet"),
     (["--model", "gpt", "--strategy", "pipeline-gpipe", "--workers", "5"],
      "--stages 5 is more than the 4 layers of --model gpt (the embeddings, --layers 2 blocks "
      "and the head): each stage needs at least one layer, so use --stages 4 or fewer"),
