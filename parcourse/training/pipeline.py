@@ -30,6 +30,7 @@ from .. import launch
 from ..errors import ConfigError
 from ..grid import Grid
 from ..model_parallel import partition, pipeline, schedules
+from ..model_parallel.messages import RECEIVES
 from ..models import build_model, sizes_of
 from .adapters import Stages
 from .config import TrainConfig
@@ -106,73 +107,99 @@ def chunks_of(config: TrainConfig) -> int:
     return DEFAULT_CHUNKS if PIPELINES[config.strategy].schedule == "interleaved" else 1
 
 
-def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
-    """One stage of one replica; rank 0 returns the gathered result, the others None."""
-    grid = Grid.of(world_size, stages=config.stages)
-    where, device = grid.position(rank), launch.device()
-    name, chunks = PIPELINES[config.strategy].schedule, chunks_of(config)
-    dataset, model = load_data_and_model(config)
-    micro_size = config.batch_size // (grid.replicas * config.microbatches)
-    example = dataset.train_x[:micro_size]  # one micro-batch: shapes and layer times
-    # measured layer times differ from worker to worker: rank 0 decides for everyone;
-    # virtual stage v = c·P + s is chunk c of stage s
-    decision = [partition.partition(model, grid.stages * chunks, config.partition, example)
-                if rank == 0 else None]
-    dist.broadcast_object_list(decision, src=0)
-    ranges = decision[0]
-    shapes = partition.boundary_shapes(model, ranges, example)
-    mine = [ranges[c * grid.stages + where.stage] for c in range(chunks)]
-    modules = [model[start:end].to(device) for start, end in mine]
-    # this stage's layers under their own names: its state, parameters and optimizer
-    part = type(model)(OrderedDict((k, m) for module in modules for k, m in module.named_children()))
-    first, last = where.stage == 0, where.stage == grid.stages - 1
-    runner = pipeline.PipelineStage(modules, where.stage, grid.stages,
-                                    grid.pipeline_ranks(where.replica), shapes, device,
-                                    dtype_of(config),
-                                    split_backward=name in schedules.SPLIT_BACKWARD)
-    groups = grid.data_parallel_groups()
-    ties = [(a % grid.stages, name_a, b % grid.stages, name_b)
-            for a, name_a, b, name_b in partition.tied_across_stages(model, ranges)
-            if a % grid.stages != b % grid.stages]
-    tied = tied_groups(grid, ties)
-    actions = schedules.schedule(name, where.stage, grid.stages, config.microbatches, chunks)
-    trainable = list(part.parameters())
-    optimizer = make_optimizer(config.optimizer, trainable, config.lr) if trainable else None
-    timeline, t0 = [], pipeline.common_clock_origin(device)
+class PipelineWorker:
+    """What one worker holds and does as stage s of replica r: its chunks of the model,
+    the stage runner, the optimizer over its parameters, and :meth:`step`.
 
-    def inner_step(step: int) -> float:
+    Every worker of the grid builds one at the same time (it creates process groups);
+    several can live in the same processes, which is how :mod:`parcourse.bench.pipeline`
+    runs the schedules side by side.
+    """
+
+    def __init__(self, config: TrainConfig, rank: int, world_size: int, dataset, model,
+                 t0: float):
+        grid = Grid.of(world_size, stages=config.stages)
+        where, device = grid.position(rank), launch.device()
+        name, chunks = PIPELINES[config.strategy].schedule, chunks_of(config)
+        micro_size = config.batch_size // (grid.replicas * config.microbatches)
+        example = dataset.train_x[:micro_size]  # one micro-batch: shapes and layer times
+        # measured layer times differ from worker to worker: rank 0 decides for everyone;
+        # virtual stage v = c·P + s is chunk c of stage s
+        decision = [partition.partition(model, grid.stages * chunks, config.partition, example)
+                    if rank == 0 else None]
+        dist.broadcast_object_list(decision, src=0)
+        self.ranges = ranges = decision[0]
+        shapes = partition.boundary_shapes(model, ranges, example)
+        modules = [model[slice(*ranges[c * grid.stages + where.stage])].to(device)
+                   for c in range(chunks)]
+        # this stage's layers under their own names: its state, parameters and optimizer
+        self.part = type(model)(OrderedDict((k, m) for module in modules
+                                            for k, m in module.named_children()))
+        self.runner = pipeline.PipelineStage(
+            modules, where.stage, grid.stages, grid.pipeline_ranks(where.replica), shapes,
+            device, dtype_of(config), split_backward=name in schedules.SPLIT_BACKWARD,
+            receives=config.receives)
+        self.groups = grid.data_parallel_groups()
+        self.ties = [(a % grid.stages, name_a, b % grid.stages, name_b)
+                     for a, name_a, b, name_b in partition.tied_across_stages(model, ranges)
+                     if a % grid.stages != b % grid.stages]
+        self.tied = tied_groups(grid, self.ties)
+        self.actions = schedules.schedule(name, where.stage, grid.stages, config.microbatches,
+                                          chunks)
+        self.trainable = list(self.part.parameters())
+        self.optimizer = (make_optimizer(config.optimizer, self.trainable, config.lr)
+                          if self.trainable else None)
+        number = {id(p): i for i, p in enumerate(model.parameters())}  # in the unsplit model
+        self.adapter = Stages(self.part, self.optimizer,
+                              [number[id(p)] for p in self.trainable], grid.stages, rank,
+                              world_size)
+        self.config, self.dataset, self.grid, self.where = config, dataset, grid, where
+        self.device, self.t0, self.timeline = device, t0, []
+
+    def step(self, step: int) -> float:
+        """One training step: the schedule, the tied and data-parallel gradient sums, the
+        optimizer; returns the last stage's share of the global mean loss (0 elsewhere)."""
+        config, dataset, grid, where = self.config, self.dataset, self.grid, self.where
         mine = datasets.shard(batch_of(dataset, config, step), where.replica, grid.replicas)
         micro = [datasets.shard(mine, m, config.microbatches)
                  for m in range(config.microbatches)]
-        part.zero_grad()
-        loss, events = runner.run(
-            actions, step, t0,
-            inputs=[dataset.train_x[i].to(device) for i in micro] if first else None,
-            targets=[dataset.train_y[i].to(device) for i in micro] if last else None,
+        first, last = where.stage == 0, where.stage == grid.stages - 1
+        self.part.zero_grad()
+        loss, events = self.runner.run(
+            self.actions, step, self.t0,
+            inputs=[dataset.train_x[i].to(self.device) for i in micro] if first else None,
+            targets=[dataset.train_y[i].to(self.device) for i in micro] if last else None,
             weights=[len(i) / config.batch_size for i in micro])
-        if trainable:
-            _sum_tied(part, where.stage, where.replica, ties, tied)
+        if self.trainable:
+            _sum_tied(self.part, where.stage, where.replica, self.ties, self.tied)
             if grid.replicas > 1:
-                _sum_gradients(part, groups[where.stage, 0])
-            optimizer.step()
-        timeline.extend(events)
-        return loss  # the last stage's share of the global mean; 0 elsewhere
+                _sum_gradients(self.part, self.groups[where.stage, 0])
+            self.optimizer.step()
+        self.timeline.extend(events)
+        return loss
 
-    number = {id(p): i for i, p in enumerate(model.parameters())}  # in the unsplit model
-    adapter = Stages(part, optimizer, [number[id(p)] for p in trainable], grid.stages, rank,
-                     world_size)
-    losses, _ = train_worker(config, inner_step, adapter, rank=rank, world_size=world_size,
-                             device=device)
-    seconds = time.perf_counter() - t0  # on the clock of the timeline's events
-    full = adapter.full()
+
+def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
+    """One stage of one replica; rank 0 returns the gathered result, the others None."""
+    dataset, model = load_data_and_model(config)
+    worker = PipelineWorker(config, rank, world_size, dataset, model,
+                            pipeline.common_clock_origin(launch.device()))
+    losses, _ = train_worker(config, worker.step, worker.adapter, rank=rank,
+                             world_size=world_size, device=worker.device)
+    seconds = time.perf_counter() - worker.t0  # on the clock of the timeline's events
+    full = worker.adapter.full()
     gathered = [None] * world_size if rank == 0 else None
-    dist.gather_object((timeline, runner.peak_in_flight), gathered, dst=0)
+    dist.gather_object((worker.timeline, worker.runner.peak_in_flight,
+                        worker.runner.messages),
+                       gathered, dst=0)
     if rank != 0:
         return None
+    stages = worker.grid.stages
     return result(config, full[0], losses, seconds, dataset,
-                  timeline=[e for events, _ in gathered[:grid.stages] for e in events],
-                  peak_in_flight=[peak for _, peak in gathered[:grid.stages]],
-                  stage_layers=ranges)
+                  timeline=[e for events, _, _ in gathered[:stages] for e in events],
+                  peak_in_flight=[peak for _, peak, _ in gathered[:stages]],
+                  messages=[e for _, _, log in gathered[:stages] for e in log],
+                  stage_layers=worker.ranges)
 
 
 def train_pipeline(config: TrainConfig):
@@ -205,6 +232,9 @@ def _check(config: TrainConfig) -> None:
                           f"--stages is {stages} and --workers {config.workers}: make them "
                           f"equal, or use --strategy dp-pp for several pipeline replicas")
     partition.check_stages(len(model), stages, layers_of(config))
+    if config.receives not in RECEIVES:
+        raise ConfigError(f"unknown --receives {config.receives!r}: choose one of "
+                          f"{', '.join(RECEIVES)}")
     chunks = chunks_of(config)
     if stages * chunks > len(model):
         raise ConfigError(f"--stages {stages} × --chunks {chunks} = {stages * chunks} model "
@@ -222,6 +252,6 @@ def _check(config: TrainConfig) -> None:
 
 for _name, _pipeline in PIPELINES.items():
     register(Strategy(_name, train_pipeline, _pipeline.summary,
-                      options=("stages", "microbatches", "partition",
+                      options=("stages", "microbatches", "partition", "receives",
                                *(("chunks",) if _pipeline.schedule == "interleaved" else ())),
                       batch=PIPELINED, family="pipeline", check=_check, prepare=_prepare))
