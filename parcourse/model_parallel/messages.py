@@ -11,21 +11,32 @@ When a receive is posted matters more than anything else here. Gloo moves a mess
 only once its receive is posted: measured on a 2-core machine, a 1 MiB message whose
 receive was posted 50 ms before it was needed was ready in 30 µs, one whose receive was
 posted at the moment of need took 1.2 ms, an 8 MiB one 12 ms — the transfer then runs
-while the stage waits. So with ``receive_early`` (the default) a stage keeps, in each
-direction, the receive of its *next* message posted: at the start of the step, and again
-as soon as the one before is taken, so it lands while the stage computes. Without it, a
-receive is posted when the stage needs the message (a blocking ``recv``): the "before" of
-:mod:`parcourse.bench.pipeline`. Sends are ``isend``: a stage never waits for its own sends
-until the end of the step. Messages to the stage itself (one stage holding consecutive
-chunks) are handed over without the network.
+while the stage waits. ``receives`` says when a stage posts them:
+
+* ``"needed"``: when the stage needs the message (a blocking ``recv``): the slowest;
+* ``"ahead"``: the next message of each direction is kept posted, from the start of the
+  step and again as soon as the one before is taken (as Megatron-LM pairs each send with
+  the next receive);
+* ``"step"`` (the default): every receive of the step is posted at its start, so that every
+  sender finds its receiver ready; it holds one buffer per message of the step (M
+  activations and M gradients at the cuts, small beside the activations a stage keeps).
+
+:mod:`parcourse.bench.pipeline` measures the three side by side. Sends are ``isend``: a
+stage never waits for its own sends until the end of the step. Messages to the stage
+itself (one stage holding consecutive chunks) are handed over without the network. The
+time spent in each ``isend`` call and waiting in each receive is kept (:attr:`Messages.log`).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import torch
 import torch.distributed as dist
+
+
+RECEIVES = ("step", "ahead", "needed")  # when receives are posted: see the module's docstring
 
 
 class Messages:
@@ -36,18 +47,26 @@ class Messages:
     """
 
     def __init__(self, rank: int, microbatches: int, incoming: list, device: torch.device,
-                 dtype: torch.dtype, receive_early: bool = True):
+                 dtype: torch.dtype, receives: str = "step"):
+        if receives not in RECEIVES:
+            raise ValueError(f"receives must be one of {', '.join(RECEIVES)} (got {receives!r})")
         self.rank, self.microbatches = rank, microbatches
-        self.device, self.dtype, self.early = device, dtype, receive_early
+        self.device, self.dtype, self.receives = device, dtype, receives
+        self.early = receives == "ahead"
+        self.log: list = []         # ("wait" or "send", key, start, end) of every message
         self.queues = {"F": deque(), "B": deque()}
         for key, source, shape in incoming:
             self.queues[key[0]].append((key, source, shape))
         self.posted: dict = {}      # key → (request, buffer)
         self.local: dict = {}       # key → tensor sent by this worker to itself
         self.sends: list = []       # (request, tensor): the tensor lives until it is sent
-        if self.early:
+        if receives == "ahead":
             for kind in self.queues:
                 self._post_next(kind)
+        elif receives == "step":
+            for queue in self.queues.values():
+                for message in queue:
+                    self._post(*message)
 
     def tag(self, key) -> int:
         kind, virtual, micro = key
@@ -74,7 +93,9 @@ class Messages:
             if key not in self.posted:
                 self._post(key, source, shape)
             request, tensor = self.posted.pop(key)
+            start = time.perf_counter()
             request.wait()
+            self.log.append(("wait", key, start, time.perf_counter()))
         if self.early:
             self._post_next(key[0])
         return tensor
@@ -84,7 +105,9 @@ class Messages:
         if destination == self.rank:
             self.local[key] = tensor
         else:
+            start = time.perf_counter()
             self.sends.append((dist.isend(tensor, dst=destination, tag=self.tag(key)), tensor))
+            self.log.append(("send", key, start, time.perf_counter()))
 
     def finish(self) -> None:
         """Wait until every send of the step has left."""

@@ -98,22 +98,24 @@ class PipelineStage:
     stages; ``shapes`` the P·V + 1 shapes at the cuts of the model into chunks
     (:func:`parcourse.model_parallel.partition.boundary_shapes`): shapes[v] enters virtual stage
     v. ``split_backward`` runs B as the input gradient only and W as the weight gradients
-    (:mod:`parcourse.model_parallel.zero_bubble`); ``receive_early`` keeps the next receive of
-    each direction posted (:mod:`parcourse.model_parallel.messages`).
+    (:mod:`parcourse.model_parallel.zero_bubble`); ``receives`` says when the stage posts its
+    receives (:mod:`parcourse.model_parallel.messages`); the time it spends sending and waiting
+    for each message is kept in :attr:`messages` (events of kind "send" and "wait").
     """
 
     def __init__(self, modules: nn.Module | list[nn.Module], stage: int, stages: int,
                  ranks: list[int], shapes: list[torch.Size], device: torch.device,
                  dtype: torch.dtype = torch.float32, *, split_backward: bool = False,
-                 receive_early: bool = True):
+                 receives: str = "step"):
         self.modules = list(modules) if isinstance(modules, (list, tuple)) else [modules]
         self.stage, self.stages, self.ranks = stage, stages, list(ranks)
         self.last = stages * len(self.modules) - 1          # the last virtual stage
         self.shapes, self.device, self.dtype = shapes, device, dtype
         self.deferred = ([zero_bubble.defer_weight_gradients(m) for m in self.modules]
                          if split_backward else None)
-        self.receive_early = receive_early
+        self.receives = receives
         self.peak_in_flight = 0
+        self.messages: list[Event] = []  # "send" calls and "wait"s in receives, every step
 
     def _rank_of(self, virtual: int) -> int:
         return self.ranks[virtual % self.stages]
@@ -139,7 +141,7 @@ class PipelineStage:
         """
         incoming = [m for m in map(self._incoming, actions) if m is not None]
         box = Messages(self.ranks[self.stage], 1 + max(a.micro for a in actions), incoming,
-                       self.device, self.dtype, self.receive_early)
+                       self.device, self.dtype, self.receives)
         stash, pending, events, loss_sum = {}, {}, [], 0.0
         for action in actions:
             kind, m, chunk = action
@@ -178,4 +180,7 @@ class PipelineStage:
                 end = time.perf_counter()
             events.append(Event(step, self.stage, kind, m, start - t0, end - t0, chunk))
         box.finish()
+        for what, (_kind, v, m), start, end in box.log:
+            self.messages.append(Event(step, self.stage, what, m, start - t0, end - t0,
+                                       v // self.stages))
         return loss_sum, events

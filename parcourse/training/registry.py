@@ -27,13 +27,13 @@ from .config import DATASETS, DTYPES, MODEL_DATASETS, OPTIMIZERS, TrainConfig, T
 
 # Options that only some strategies take; every other field of TrainConfig applies to all.
 SPECIFIC = ("allreduce", "bucket_kb", "fp16_allreduce", "accumulation", "stages",
-            "microbatches", "chunks", "partition", "recompute", "precision",
+            "microbatches", "chunks", "partition", "receives", "recompute", "precision",
             "reshard_after_forward")
 # Of those, the ones that tune how a strategy runs, not what it computes: a strategy that
 # does not take them ignores them, so that one configuration serves several strategies
 # (the book's comparisons do this). Setting any other specific option for a strategy that
 # does not take it is an error ("--stages works with the pipeline strategies ...").
-TUNING = ("allreduce", "bucket_kb", "partition")
+TUNING = ("allreduce", "bucket_kb", "partition", "receives")
 # How a strategy splits the global batch of B samples over K workers.
 EQUAL = "equal shards"          # averages K local means: needs K | B
 WEIGHTED = "weighted shards"    # weights shard k by B_k / B: any B ≥ K

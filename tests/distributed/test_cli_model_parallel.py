@@ -22,7 +22,7 @@ def single(tmp_path_factory):
     ("simple", "sgd", ["--strategy", "pipeline-gpipe", "--workers", "2", "--microbatches", "4"]),
     ("simple", "adam", ["--strategy", "pipeline-1f1b", "--workers", "3", "--microbatches", "2"]),
     ("complex", "sgd", ["--strategy", "pipeline-1f1b", "--workers", "2", "--microbatches", "8",
-                        "--partition", "3"]),
+                        "--partition", "3", "--receives", "needed"]),
     # complex with Adam: in float32 it differs by ~3e-6 even in one process, just from
     # running 2 threads instead of 1 (Adam turns the rounding noise of near-zero gradients
     # into lr-sized steps); in float64 that noise is 1e-16 and the pipeline matches
@@ -30,7 +30,7 @@ def single(tmp_path_factory):
     ("complex", "sgd", ["--strategy", "pipeline-gpipe", "--workers", "2",
                         "--partition", "time"]),                      # naive split: M = 1
     ("simple", "sgd", ["--strategy", "dp-pp", "--workers", "4", "--stages", "2",
-                       "--microbatches", "2"]),
+                       "--microbatches", "2", "--receives", "ahead"]),
     ("simple", "adam", ["--strategy", "tensor", "--workers", "2"]),
     ("complex", "sgd", ["--strategy", "tensor", "--workers", "4"]),
 ])
@@ -82,6 +82,8 @@ def test_pipeline_under_torchrun(tmp_path, single):
      "--stages 2 × --chunks 3 = 6 model chunks is more than the 4 layers of --model gpt (the "
      "embeddings, --layers 2 blocks and the head): each chunk needs at least one layer, so "
      "use --chunks 2 or fewer"),
+    (["--strategy", "pipeline-1f1b", "--workers", "2", "--receives", "later"],
+     "unknown --receives 'later': choose one of step, ahead, needed"),
     (["--strategy", "pipeline-1f1b", "--workers", "2", "--chunks", "2"],
      "--chunks works with --strategy pipeline-interleaved (got --strategy pipeline-1f1b)"),
     (["--strategy", "horovod-elastic", "--workers", "2", "--checkpoint", "c.pt"],
