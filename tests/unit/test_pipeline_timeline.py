@@ -49,6 +49,14 @@ def test_a_replay_of_recorded_durations_takes_each_pass_as_recorded():
     assert at[0, "F", 1].end - at[0, "F", 1].start == 1.0
 
 
+def test_a_message_occupies_its_sender_for_its_send_time():
+    events = pipeline_timeline.simulate("gpipe", 2, 2, send=0.5)
+    at = {(e.stage, e.kind, e.micro): e for e in events}
+    assert at[0, "F", 1].start == at[0, "F", 0].end + 0.5   # stage 0 sent F_0 first
+    assert at[1, "F", 0].start == at[0, "F", 0].end + 0.5   # F_0 arrives once sent
+    assert at[1, "B", 1].start == at[1, "B", 0].end + 0.5
+
+
 def test_messages_lengthen_the_step_and_widen_the_bubble():
     quick = pipeline_timeline.simulate("1f1b", 3, 4)
     slow = pipeline_timeline.simulate("1f1b", 3, 4, link=0.5)
