@@ -16,8 +16,8 @@ with its norm) — run on a detached copy of its input, x̃, inside one autograd
 * the outer backward (B) reaches the function with g and returns
   ``torch.autograd.grad(y, x̃, g, retain_graph=True)``: the input gradient only, so no
   parameter's gradient is formed; it keeps (y, g) for later;
-* W, later: ``torch.autograd.grad(y, θ, g)`` for every kept pair, added to θ.grad, and the
-  small graph is freed.
+* W, later: ``torch.autograd.grad(y, θ, g)`` for all kept pairs of the micro-batch at
+  once, added to θ.grad, and the small graphs are freed.
 
 Layers without parameters (ReLU, attention's softmax, residual sums) stay in the outer
 graph and run in B. Every product of the ordinary backward is computed once, in B or in
@@ -57,17 +57,27 @@ class WeightGradients:
 
     @staticmethod
     def apply(pending: list) -> None:
-        """The W pass of one micro-batch: ∂L/∂θ = (∂y/∂θ)ᵀ g for each kept unit call."""
-        while pending:
-            y, g, parameters = pending.pop()
-            grads = torch.autograd.grad(y, parameters, g, allow_unused=True)
-            for p, grad in zip(parameters, grads):
-                if grad is None:
-                    continue
-                if p.grad is None:
-                    p.grad = grad
-                else:
-                    p.grad += grad
+        """The W pass of one micro-batch: ∂L/∂θ = Σ (∂y/∂θ)ᵀ g over the kept unit calls,
+        in one call of the autograd engine (the units' small graphs share no tensor but
+        their parameters, so the sum is each unit's own weight gradient, and a tied
+        weight's is the sum of its uses)."""
+        if not pending:
+            return
+        outputs, grads, parameters = [], [], {}
+        for y, g, owned in pending:
+            outputs.append(y)
+            grads.append(g)
+            parameters.update((id(p), p) for p in owned)
+        pending.clear()
+        parameters = list(parameters.values())
+        results = torch.autograd.grad(outputs, parameters, grads, allow_unused=True)
+        for p, grad in zip(parameters, results):
+            if grad is None:
+                continue
+            if p.grad is None:
+                p.grad = grad
+            else:
+                p.grad += grad
 
 
 class _Unit(torch.autograd.Function):
