@@ -104,7 +104,9 @@ def measure(base: TrainConfig, microbatches=DEFAULT_MICROBATCHES, names=tuple(ST
             receives=("step",), repeats: int = 3, torch_reference: bool = False,
             alpha_beta=None) -> dict:
     """Run every variant (and the torch references) ``repeats`` rounds of ``base.steps``
-    steps; returns ``{"rows", "references", "alpha_beta", "link"}``."""
+    steps; returns ``{"rows", "references", "alpha_beta", "configs", "runs"}`` (each run's
+    timeline, messages, peaks in flight, cut and boundary shapes, in the order of
+    ``configs``)."""
     configs = variants(base, microbatches, names, receives)
     references = []
     if torch_reference:
@@ -128,7 +130,8 @@ def measure(base: TrainConfig, microbatches=DEFAULT_MICROBATCHES, names=tuple(ST
                      for r in range(repeats)]
         ref_rows.append({"schedule": f"torch {name}", "M": config.microbatches, "V": chunks,
                          "step_ms": _median_and_range(per_round)})
-    return {"rows": rows, "references": ref_rows, "alpha_beta": alpha_beta, "runs": runs}
+    return {"rows": rows, "references": ref_rows, "alpha_beta": alpha_beta,
+            "configs": configs, "runs": runs["variants"]}
 
 
 def _ms(cell) -> str:

@@ -18,9 +18,9 @@ idle time into parts that add up exactly:
   its n bytes, spent by its *sender* after the pass that produced it: on one machine
   gloo's "network" is a memory copy that the sending process makes (measured: an
   ``isend`` of 256 KiB returns after about α + nβ); span S₂. Per stage: S₂ − S₁.
-* **the rest**: S − S₂ per stage — what no replay explains: the time between passes
-  (posting receives, waiting for a message longer than α + nβ, Python between the
-  passes, the loss's ``item()``), and the workers competing for cores.
+* **the rest**: S − S₂ per stage — what no replay explains: messages that took longer
+  than α + nβ (a receive posted late, a sender or receiver waiting for a core), Python
+  between the passes, the workers being descheduled.
 
 For each stage, ideal + imbalance + variation + messages + rest = S − busy_s, the
 stage's measured idle time; summed over the stages and divided by P·S, the parts add

@@ -123,12 +123,19 @@ def gantt_series(events: list[Event], stages: int) -> dict[str, Series]:
     return series
 
 
-def plot(events: list[Event], stages: int, ax=None, title: str = "", unit: float = 1e3):
-    """Gantt chart of one step's ``events`` with matplotlib (time × ``unit``: ms)."""
+def plot(events: list[Event], stages: int, ax=None, title: str = "", unit: float = 1e3,
+         messages: list[Event] | None = None):
+    """Gantt chart of one step's ``events`` with matplotlib (time × ``unit``: ms). With
+    ``messages`` (the step's "send" and "wait" events), each stage's time in ``isend``
+    (black) and waiting in a receive (grey) is drawn as a thin bar under its passes."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.gca()
     origin = min(e.start for e in events)
+    for m in messages or []:
+        ax.broken_barh([((m.start - origin) * unit, (m.end - m.start) * unit)],
+                       (stages - 1 - m.stage - 0.5, 0.1),
+                       facecolors="black" if m.kind == "send" else "0.7")
     for e in events:
         ax.broken_barh([((e.start - origin) * unit, (e.end - e.start) * unit)],
                        (stages - 1 - e.stage - 0.4, 0.8), facecolors=COLORS[e.kind],
