@@ -5,7 +5,8 @@ A model cut into P stages (see :mod:`parcourse.model_parallel.partition`) runs o
 worker. The global batch is cut into M equal micro-batches; a *schedule*
 (:mod:`parcourse.model_parallel.schedules`: GPipe, 1F1B, interleaved 1F1B, ZB-H1) says in which
 order a stage runs the forward (F) and backward (B) passes of its micro-batches — and the
-weight-gradient passes (W), where the backward is split (:mod:`parcourse.model_parallel.zero_bubble`).
+weight-gradient passes (W), where the backward is split
+(:mod:`parcourse.model_parallel.zero_bubble`).
 With M = 1 it is the naive split: stage s computes, sends its activation to stage s+1 and
 waits for the gradient to come back; only one stage works at a time.
 
