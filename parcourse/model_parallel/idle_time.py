@@ -16,8 +16,10 @@ idle time into parts that add up exactly:
 * R₂, **messages**: R₁ where each message costs α + nβ, the point-to-point time fitted
   by a ping-pong on this machine (:func:`parcourse.bench.allreduce.fit_alpha_beta`) for
   its n bytes, spent by its *sender* after the pass that produced it: on one machine
-  gloo's "network" is a memory copy that the sending process makes (measured: an
-  ``isend`` of 256 KiB returns after about α + nβ); span S₂. Per stage: S₂ − S₁.
+  gloo's "network" is a memory copy that the sending process makes (an ``isend`` to a
+  receiver that is ready returns once the data is copied: measured on a 2-core machine
+  while both stages compute, 1.5 to 3 times the idle machine's α + nβ); span S₂. Per
+  stage: S₂ − S₁.
 * **the rest**: S − S₂ per stage — what no replay explains: messages that took longer
   than α + nβ (a receive posted late, a sender or receiver waiting for a core), Python
   between the passes, the workers being descheduled.
