@@ -93,3 +93,22 @@ def test_pipeline_under_torchrun(tmp_path, single):
 def test_bad_model_parallel_input_exits_2_before_any_worker_starts(args, message):
     done = parcourse("train", *COMMON, *args, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (2, "", ERR + message + "\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--schedules", "zigzag"],
+     "bench pipeline compares gpipe, 1f1b, interleaved, zb-h1, not zigzag"),
+    (["--repeats", "0"], "--repeats must be at least 1 (got 0)"),
+    (["--microbatches", "6", "--batch-size", "48", "--workers", "4"],
+     "--stages 4 × --chunks 2 = 8 model chunks is more than the 6 layers of --model gpt (the "
+     "embeddings, --layers 4 blocks and the head): each chunk needs at least one layer, so "
+     "use --chunks 1 or fewer"),
+    (["--microbatches", "3", "--batch-size", "48"],
+     "--microbatches 3 is not a multiple of --stages 2: interleaved 1F1B sends the "
+     "micro-batches through each chunk in groups of P = 2; use 2 or 4"),
+    (["--receives", "later"], "unknown --receives 'later': choose one of step, ahead, needed"),
+])
+def test_bad_pipeline_benchmark_input_exits_2_with_one_line(args, message):
+    done = parcourse("bench", "pipeline", *args, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == "python -m parcourse bench: error: " + message + "\n"
