@@ -107,10 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--microbatches", type=int, default=defaults.microbatches, metavar="M",
                    help=f"{option_help('microbatches')}: micro-batches per step; 1 is the "
                         f"naive layer split (default: %(default)s)")
+    t.add_argument("--chunks", type=int, default=defaults.chunks, metavar="V",
+                   help=f"{option_help('chunks')}: model chunks per stage; the model is cut "
+                        f"into stages × V chunks and stage s holds chunks s, s + P, … "
+                        f"(default: 2)")
     t.add_argument("--partition", default=defaults.partition, metavar="HOW",
                    help=f"{option_help('partition')}: where to cut the model: 'parameters' "
                         f"(balance parameter counts), 'time' (balance measured layer times) "
                         f"or cut points such as 3 or 2,5 (default: %(default)s)")
+    t.add_argument("--receives", default=defaults.receives, metavar="WHEN",
+                   help=f"{option_help('receives')}: when a stage posts the receives of its "
+                        f"activations and gradients: step (all at the start of the step), "
+                        f"ahead (the next one of each direction) or needed (when it needs "
+                        f"the message: slower, since gloo moves a message once its receive "
+                        f"is posted) (default: %(default)s)")
     t.add_argument("--fp16-allreduce", action="store_true",
                    help=f"{option_help('fp16_allreduce')}: compress gradients to float16 on "
                         f"the wire")

@@ -217,34 +217,49 @@ def _mismatch(saved: dict, model_name: str, sizes: dict | None = None) -> str | 
     return None
 
 
-def merge_optimizer_states(parts: list[dict | None]) -> dict:
-    """The optimizer state of the unsplit model from those of its consecutive parts.
+def merge_optimizer_states(parts: list[dict | None],
+                           indices: list[list[int]] | None = None) -> dict:
+    """The optimizer state of the unsplit model from those of its parts.
 
     ``parts[s]`` is ``optimizer.state_dict()`` of the optimizer over part s's parameters
     (None for a part without parameters). PyTorch numbers an optimizer's parameters
-    0, 1, … in order, and the parts of a pipeline are consecutive slices of the model, so
-    part s's parameter i is the whole model's parameter (number before part s) + i. A
-    checkpoint stored this way resumes under any strategy, split or not.
+    0, 1, … in order. ``indices[s][i]`` is the whole model's number of part s's parameter
+    i; by default the parts are consecutive slices of the model, so it is (number before
+    part s) + i. A parameter that two parts hold (the GPT's tied token table: the
+    embeddings on the first stage of a pipeline, the head on the last) has one number and
+    is kept once, from the first part that holds it. A checkpoint stored this way resumes
+    under any strategy, split or not.
     """
-    state, groups, offset = {}, [], 0
-    for part in parts:
-        if part is None:
-            continue
+    held = [p for p in parts if p is not None]
+    if indices is None:
+        indices, offset = [], 0
+        for part in held:
+            count = len(part["param_groups"][0]["params"])
+            indices.append(list(range(offset, offset + count)))
+            offset += count
+    else:
+        indices = [numbers for part, numbers in zip(parts, indices) if part is not None]
+    state, groups, seen = {}, [], set()
+    for part, numbers in zip(held, indices):
         (group,) = part["param_groups"]
-        count = len(group["params"])
-        state.update({offset + i: value for i, value in part["state"].items()})
+        new = [n for n in numbers if n not in seen]
+        state.update({numbers[i]: value for i, value in part["state"].items()
+                      if numbers[i] not in seen})
+        seen.update(numbers)
         if groups:
-            groups[0]["params"] += [offset + i for i in range(count)]
+            groups[0]["params"] += new
         else:
-            groups = [dict(group, params=list(range(count)))]
-        offset += count
-    return {"state": state, "param_groups": groups}
+            groups = [dict(group, params=new)]
+    if groups:
+        groups[0]["params"] = sorted(groups[0]["params"])
+    return {"state": dict(sorted(state.items())), "param_groups": groups}
 
 
-def split_optimizer_state(full: dict, start: int, count: int) -> dict:
-    """The state of an optimizer over the whole model's parameters ``start … start+count−1``
-    (the inverse of :func:`merge_optimizer_states`)."""
+def split_optimizer_state(full: dict, start: int, count: int,
+                          indices: list[int] | None = None) -> dict:
+    """The state of an optimizer over the whole model's parameters ``start … start+count−1``,
+    or over those numbered ``indices`` (the inverse of :func:`merge_optimizer_states`)."""
     (group,) = full["param_groups"]
-    return {"state": {i - start: value for i, value in full["state"].items()
-                      if start <= i < start + count},
-            "param_groups": [dict(group, params=list(range(count)))]}
+    numbers = list(range(start, start + count)) if indices is None else list(indices)
+    return {"state": {i: full["state"][n] for i, n in enumerate(numbers) if n in full["state"]},
+            "param_groups": [dict(group, params=list(range(len(numbers))))]}

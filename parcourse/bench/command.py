@@ -32,7 +32,8 @@ def add_parser(commands) -> None:
                         "dp: training throughput of the data-parallel strategies against DDP; "
                         "memory: what each rank holds under DDP and ZeRO, measured against "
                         "the formula, with step times and bytes sent; "
-                        "pipeline: step time and bubble of the naive split, GPipe and 1F1B; "
+                        "pipeline: step time, bubble and idle-time accounting of the naive "
+                        "split, GPipe, 1F1B, interleaved 1F1B and ZB-H1 on the GPT; "
                         "kernels: the Triton kernels (GPU) or the torch ops (CPU) against "
                         "the device's roofline; "
                         "gpt: tokens/s and model FLOPs utilization of the GPT under each "
@@ -48,25 +49,39 @@ def add_parser(commands) -> None:
                         "--sequence-parallel)")
     b.add_argument("--max-mb", type=float, default=64, metavar="MB",
                    help="allreduce: largest message in MiB (default: %(default)s)")
-    b.add_argument("--partition", default="time", metavar="HOW",
+    b.add_argument("--partition", default="parameters", metavar="HOW",
                    help="pipeline: where to cut the model, as in train (default: %(default)s)")
+    b.add_argument("--schedules", nargs="+", default=None, metavar="NAME",
+                   help="pipeline: the schedules to compare (default: gpipe 1f1b interleaved "
+                        "zb-h1; the naive split always runs)")
+    b.add_argument("--receives", nargs="+", default=["step"], metavar="WHEN",
+                   help="pipeline: when the stages post their receives, one variant each: "
+                        "step, ahead or needed, as train --receives (default: step)")
+    b.add_argument("--repeats", type=int, default=3, metavar="R",
+                   help="pipeline: rounds in which every variant runs in turn; each row is "
+                        "the median over them (default: %(default)s)")
+    b.add_argument("--torch-reference", action="store_true",
+                   help="pipeline: also time torch.distributed.pipelining's 1F1B, "
+                        "interleaved and zero-bubble schedules on the same model")
     b.add_argument("--horovod", action="store_true",
                    help="allreduce: include Horovod's all-reduce")
     b.add_argument("--steps", type=int, default=None,
-                   help="dp, pipeline, gpt: steps per run (default: dp 200, pipeline 12, "
-                        "gpt 20)")
+                   help="dp, pipeline, gpt: steps per run (default: dp 200, pipeline 6 per "
+                        "round, gpt 20)")
     b.add_argument("--microbatches", type=int, nargs="+", default=None, metavar="M",
-                   help="pipeline: numbers of micro-batches (default: 1 2 4 8)")
+                   help="pipeline: numbers of micro-batches (default: 4 8; and the naive "
+                        "split, M = 1)")
     b.add_argument("--batch-size", type=int, default=None, metavar="B",
-                   help="dp, memory, pipeline, gpt: global batch (default: 256; gpt 16)")
+                   help="dp, memory, pipeline, gpt: global batch (default: dp and memory 256, "
+                        "pipeline 64, gpt 16)")
     b.add_argument("--model", default=None, metavar="NAME",
-                   help="dp, pipeline: model to train (default: dp simple, pipeline complex)")
+                   help="dp, pipeline: model to train (default: dp simple, pipeline gpt)")
     b.add_argument("--quick", action="store_true", help="kernels: small sizes (a smoke test)")
     b.add_argument("--json", metavar="FILE", help="kernels: also write every figure as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import env
+    from .. import env, launch
     from . import allreduce as bench_allreduce
     from . import pipeline as bench_pipeline
     from . import training as bench_training
@@ -89,18 +104,31 @@ def run(args: argparse.Namespace) -> int:
             collective_names=bench_allreduce.COLLECTIVE_NAMES)
         print(bench_allreduce.format_table(rows))
     elif args.what == "pipeline":
+        names = tuple(args.schedules or bench_pipeline.STRATEGIES)
+        unknown = [n for n in names if n not in bench_pipeline.STRATEGIES]
+        if unknown:
+            _fail(f"python -m parcourse bench: error: bench pipeline compares "
+                  f"{', '.join(bench_pipeline.STRATEGIES)}, not {', '.join(unknown)}")
+        if args.repeats < 1:
+            _fail(f"python -m parcourse bench: error: --repeats must be at least 1 "
+                  f"(got {args.repeats})")
+        microbatches = tuple(args.microbatches or bench_pipeline.DEFAULT_MICROBATCHES)
         for k in args.workers or (2,):
-            base = bench_pipeline.default_config(k, args.steps or 12, args.batch_size,
-                                                 args.model or "complex", args.partition)
-            for m in args.microbatches or bench_pipeline.DEFAULT_MICROBATCHES:
-                try:
-                    validate(replace(base, strategy="pipeline-gpipe", microbatches=m))
-                except ConfigError as err:
-                    _fail(f"python -m parcourse bench: error: {err}")
-            print(f"# P = {k} stages, {base.model} model cut by {base.partition}, global "
-                  f"batch {base.batch_size}, {base.steps} steps (the first left out)")
+            base = bench_pipeline.default_config(k, args.steps or 6, args.batch_size or 64,
+                                                 args.model or "gpt", args.partition)
+            try:
+                bench_pipeline.variants(base, microbatches, names, tuple(args.receives))
+            except ConfigError as err:
+                _fail(f"python -m parcourse bench: error: {err}")
+            sizes = (f" ({base.layers} blocks, width {base.width}, {base.sequence} tokens)"
+                     if base.model == "gpt" else "")
+            print(f"# P = {k} stages, {base.model} model{sizes} cut by {base.partition}, "
+                  f"global batch {base.batch_size}, {args.repeats} rounds of {base.steps} "
+                  f"steps per variant in turn (the first step of each left out); "
+                  f"{launch.threads_per_worker(k)} thread(s) per worker")
             print(bench_pipeline.format_rows(bench_pipeline.measure(
-                base, tuple(args.microbatches or bench_pipeline.DEFAULT_MICROBATCHES))))
+                base, microbatches, names, tuple(args.receives), args.repeats,
+                args.torch_reference)))
     elif args.what == "memory":
         from . import memory as bench_memory
 
@@ -111,14 +139,16 @@ def run(args: argparse.Namespace) -> int:
                   f"{', '.join(bench_memory.BUILDERS)}, not {', '.join(unknown)}")
         for k in args.workers or (2, 4):
             print(f"# K = {k}, {args.model or 'complex'} model, Adam, float32, global batch "
-                  f"{args.batch_size}; held = formula (KiB) at the optimizer step, rank 0")
+                  f"{args.batch_size or 256}; held = formula (KiB) at the optimizer step, rank 0")
             print(bench_memory.format_table(bench_memory.measure(
-                k, args.model or "complex", batch_size=args.batch_size, variants=variants)))
+                k, args.model or "complex", batch_size=args.batch_size or 256,
+                variants=variants)))
     else:
         strategies = tuple(args.strategies or bench_training.DEFAULT_STRATEGIES)
         for k in args.workers or (2,):
             base = TrainConfig(strategy=strategies[0], workers=k, steps=args.steps or 200,
-                               batch_size=args.batch_size, model=args.model or "simple")
+                               batch_size=args.batch_size or 256,
+                               model=args.model or "simple")
             try:
                 for strategy in strategies:
                     validate(replace(base, strategy=strategy))

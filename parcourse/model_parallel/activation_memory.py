@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import partition as partitioning
-from . import pipeline
+from . import pipeline, zero_bubble
 from ..models import IMAGE_SHAPE, NUM_CLASSES, build_model
 
 NO_CUDA = ("parcourse.model_parallel.activation_memory measures with torch.cuda.max_memory_allocated, which needs "
@@ -36,31 +36,44 @@ NO_CUDA = ("parcourse.model_parallel.activation_memory measures with torch.cuda.
            "held instead of their bytes")
 
 
-def replay(module: nn.Module, actions: list[tuple[str, int]], input_shape: torch.Size,
+def replay(module: nn.Module, actions: list, input_shape: torch.Size,
            output_shape: torch.Size, is_first: bool, is_last: bool, batch_size: int,
            device: torch.device, seed: int = 0) -> None:
-    """Run ``actions`` ("F"/"B", micro-batch) of one stage on ``device``.
+    """Run ``actions`` (F, B and W of micro-batches, one chunk) of one stage on ``device``.
 
     Inputs and incoming gradients are drawn from a generator seeded per micro-batch, so
     every order of the same actions computes the same gradients (up to the order of the
-    floating-point sums that accumulate them).
+    floating-point sums that accumulate them). A schedule with W passes runs B as the
+    input gradient only and W as the weight gradients (:mod:`parcourse.model_parallel.zero_bubble`).
     """
+    split = any(a.kind == "W" for a in actions)
+    deferred = zero_bubble.defer_weight_gradients(module) if split else None
     alive: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for kind, m in actions:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + m)
-        if kind == "F":
-            x = torch.randn(input_shape, generator=g).to(device)
-            x.requires_grad_(not is_first)  # a received activation: its gradient goes back
-            alive[m] = (x, module(x))
-            continue
-        x, out = alive.pop(m)
-        torch.randn(input_shape, generator=g)  # the same draw as F_m, to reach the next ones
-        if is_last:
-            labels = torch.randint(NUM_CLASSES, output_shape[:1], generator=g).to(device)
-            (F.cross_entropy(out, labels) * (out.shape[0] / batch_size)).backward()
-        else:
-            out.backward(torch.randn(output_shape, generator=g).to(device))
-        del x, out  # the stage would send x.grad back, then let both go
+    pending: dict[int, list] = {}
+    try:
+        for kind, m, _chunk in actions:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + m)
+            if kind == "W":
+                deferred.apply(pending.pop(m))
+                continue
+            if kind == "F":
+                x = torch.randn(input_shape, generator=g).to(device)
+                x.requires_grad_(not is_first)  # a received activation: its gradient goes back
+                if split:
+                    pending[m] = deferred.collect()
+                alive[m] = (x, module(x))
+                continue
+            x, out = alive.pop(m)
+            torch.randn(input_shape, generator=g)  # the same draw as F_m, to reach the next ones
+            if is_last:
+                labels = torch.randint(NUM_CLASSES, output_shape[:1], generator=g).to(device)
+                (F.cross_entropy(out, labels) * (out.shape[0] / batch_size)).backward()
+            else:
+                out.backward(torch.randn(output_shape, generator=g).to(device))
+            del x, out  # the stage would send x.grad back, then let both go
+    finally:
+        if split:
+            deferred.restore()
 
 
 def stage_peak(module: nn.Module, actions: list[tuple[str, int]], input_shape: torch.Size,
@@ -87,7 +100,7 @@ def stage_peak(module: nn.Module, actions: list[tuple[str, int]], input_shape: t
 
 def measure(model_name: str = "complex", stages: int = 2, microbatches: int = 8,
             batch_size: int = 512, cuts: str = "parameters",
-            schedules: tuple[str, ...] = pipeline.SCHEDULES) -> list[dict]:
+            schedules: tuple[str, ...] = ("gpipe", "1f1b", "zb-h1")) -> list[dict]:
     """Every stage under every schedule: in flight, bytes per micro-batch, measured peak."""
     if not torch.cuda.is_available():
         raise RuntimeError(NO_CUDA)

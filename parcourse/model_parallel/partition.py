@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models import shared_parameters
 
 METHODS = ("parameters", "time")
 
@@ -106,15 +107,16 @@ def by_parameters(model: nn.Sequential, stages: int) -> list[int]:
     return [blocks[i][0] for i in balanced_boundaries(block_costs, stages)]
 
 
-def parse_boundaries(text: str, layers: int, stages: int) -> list[int]:
-    """Boundaries given by the user as ``"3"`` or ``"2,5"``; checked against the model."""
+def parse_boundaries(text: str, layers: int, stages: int, counted: str = "--stages") -> list[int]:
+    """Boundaries given by the user as ``"3"`` or ``"2,5"``; checked against the model
+    (``counted`` names the options that make the ``stages`` parts)."""
     try:
         bounds = [int(b) for b in text.split(",")]
     except ValueError:
         raise ConfigError(f"--partition {text!r} is not {' or '.join(METHODS)} or a "
                           f"comma-separated list of layer indices such as 3 or 2,5") from None
     if len(bounds) != stages - 1:
-        raise ConfigError(f"--partition {text!r} gives {len(bounds) + 1} stages but --stages "
+        raise ConfigError(f"--partition {text!r} gives {len(bounds) + 1} stages but {counted} "
                           f"is {stages}: give {stages - 1} cut point(s)")
     if bounds != sorted(set(bounds)) or bounds[0] <= 0 or bounds[-1] >= layers:
         raise ConfigError(f"--partition {text!r}: cut points must increase strictly and lie "
@@ -153,3 +155,22 @@ def boundary_shapes(model: nn.Sequential, ranges: list[tuple[int, int]],
             x = model[start:end](x)
     return shapes + [x.shape]
 
+
+
+def tied_across_stages(model: nn.Sequential,
+                       ranges: list[tuple[int, int]]) -> list[tuple[int, str, int, str]]:
+    """The parameters that two stages hold: ``(stage a, name, stage b, other name)`` for
+    each parameter registered in layers that fall on different stages.
+
+    The GPT's head *is* its token table (weight tying): cut into a pipeline, the first
+    stage holds the table as ``0.token.weight``, the last as the head's ``weight``. Each
+    copy's gradient has only its own stage's use, so the two stages sum them (in
+    Megatron-LM, the "embedding group" all-reduce) and both copies step alike.
+    """
+    def stage_of(name: str) -> int:
+        layer = int(name.split(".")[0])
+        return next(s for s, (start, end) in enumerate(ranges) if start <= layer < end)
+
+    return [(stage_of(owner), owner, stage_of(alias), alias)
+            for alias, owner in shared_parameters(model).items()
+            if stage_of(owner) != stage_of(alias)]

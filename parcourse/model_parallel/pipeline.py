@@ -1,27 +1,27 @@
-"""Pipeline parallelism: GPipe and 1F1B schedules, run for real, with a recorded timeline
+"""Pipeline parallelism run for real: the stage runner and its recorded timeline
 (chapters 3, 4 and 5, model parallelism).
 
-A model cut into P stages (see :mod:`parcourse.model_parallel.partition`) runs one stage per worker.
-The global batch is cut into M equal micro-batches; a *schedule* says in which order a
-stage runs the forward (F) and backward (B) passes of its micro-batches:
+A model cut into P stages (see :mod:`parcourse.model_parallel.partition`) runs one stage per
+worker. The global batch is cut into M equal micro-batches; a *schedule*
+(:mod:`parcourse.model_parallel.schedules`: GPipe, 1F1B, interleaved 1F1B, ZB-H1) says in which
+order a stage runs the forward (F) and backward (B) passes of its micro-batches — and the
+weight-gradient passes (W), where the backward is split
+(:mod:`parcourse.model_parallel.zero_bubble`).
+With M = 1 it is the naive split: stage s computes, sends its activation to stage s+1 and
+waits for the gradient to come back; only one stage works at a time.
 
-* **naive split** (M = 1): stage s computes, sends its activation to stage s+1 and waits
-  for the gradient to come back. Only one stage works at a time.
-* **GPipe** (Huang et al., 2019): every stage runs F_0 … F_{M−1}, then B_0 … B_{M−1}.
-* **1F1B** (one forward, one backward: from PipeDream, Narayanan et al., 2019; this
-  synchronous, flushed form is the one Megatron-LM uses, Narayanan et al., 2021): stage s
-  runs P − s − 1 forwards to fill the pipe, then alternates one forward and one backward, then drains. Same bubble
-  as GPipe, but at most P − s micro-batches of activations are alive at once instead of M.
-
-With equal stage times t_F, t_B, both finish a step in (M + P − 1)(t_F + t_B), of which
-each stage is busy M(t_F + t_B): the idle share, the *bubble*, is (P − 1)/(M + P − 1).
+With equal stage times t_F, t_B, GPipe and 1F1B finish a step in (M + P − 1)(t_F + t_B),
+of which each stage is busy M(t_F + t_B): the idle share, the *bubble*, is
+(P − 1)/(M + P − 1).
 
 There is one loss, at the last stage: micro-batch m contributes (b_m / B)·mean loss over
-its b_m samples, so the gradients accumulated over the M micro-batches are those of the
-mean loss over the whole batch, the same as without a pipeline (chapter 4 corrects the
-source document, which averages "sub-model losses"). The backward pass runs through the
-stages in reverse; each stage owns its parameters and steps them itself: no gradient is
-exchanged between stages, only activations (forward) and their gradients (backward).
+its b_m samples (for a GPT, over their b_m·T positions), so the gradients accumulated over
+the M micro-batches are those of the mean loss over the whole batch, the same as without
+a pipeline (chapter 4 corrects the source document, which averages "sub-model losses").
+The backward pass runs through the stages in reverse; each stage owns its parameters and
+steps them itself: no gradient is exchanged between stages, only activations (forward)
+and their gradients (backward) (:mod:`parcourse.model_parallel.messages`), except a weight
+that two stages hold (the GPT's tied token table, :mod:`parcourse.training.pipeline`).
 """
 
 from __future__ import annotations
@@ -35,65 +35,24 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-
-SCHEDULES = ("gpipe", "1f1b")
-
-
-def gpipe_schedule(stage: int, stages: int, microbatches: int) -> list[tuple[str, int]]:
-    """All forwards, then all backwards: ``[("F", 0), …, ("F", M−1), ("B", 0), …]``."""
-    return ([("F", m) for m in range(microbatches)]
-            + [("B", m) for m in range(microbatches)])
-
-
-def one_f_one_b_schedule(stage: int, stages: int, microbatches: int) -> list[tuple[str, int]]:
-    """Warm up with P − s − 1 forwards, then one forward and one backward in turn, then
-    drain the remaining backwards."""
-    warmup = min(stages - stage - 1, microbatches)
-    actions = [("F", m) for m in range(warmup)]
-    for m in range(microbatches - warmup):
-        actions += [("F", warmup + m), ("B", m)]
-    actions += [("B", m) for m in range(microbatches - warmup, microbatches)]
-    return actions
-
-
-def schedule(name: str, stage: int, stages: int, microbatches: int) -> list[tuple[str, int]]:
-    """The actions of ``stage`` under schedule ``name`` ("gpipe" or "1f1b")."""
-    if microbatches < 1:
-        raise ConfigError(f"--microbatches must be at least 1 (got {microbatches})")
-    if name not in SCHEDULES:
-        raise ConfigError(f"unknown pipeline schedule {name!r}: choose one of "
-                          f"{', '.join(SCHEDULES)}")
-    make = gpipe_schedule if name == "gpipe" else one_f_one_b_schedule
-    return make(stage, stages, microbatches)
-
-
-def peak_in_flight(actions: list[tuple[str, int]]) -> int:
-    """Most micro-batches whose activations a stage holds at once (forward done, backward
-    not yet): M for GPipe, at most P − s for 1F1B."""
-    alive = peak = 0
-    for kind, _ in actions:
-        alive += 1 if kind == "F" else -1
-        peak = max(peak, alive)
-    return peak
-
-
-def bubble_theory(stages: int, microbatches: int) -> float:
-    """(P − 1)/(M + P − 1): the idle share of a pipeline with equal stage times."""
-    return (stages - 1) / (microbatches + stages - 1)
+from . import zero_bubble
+from .messages import Messages
+from .schedules import (SCHEDULES, SPLIT_BACKWARD, Action, bubble_theory,  # noqa: F401
+                        check_schedule, peak_in_flight, schedule)
 
 
 @dataclass
 class Event:
-    """One forward or backward pass of one micro-batch on one stage, in seconds since the
-    start of training (taken by every stage right after a common barrier)."""
+    """One pass of one micro-batch on one stage, in seconds since the start of training
+    (on a clock that all stages share: :func:`common_clock_origin`)."""
 
     step: int
     stage: int
-    kind: str      # "F" or "B"
+    kind: str      # "F", "B" or "W"
     micro: int
     start: float
     end: float
+    chunk: int = 0  # the stage's model chunk (interleaved schedules)
 
 
 def bubble_measured(events: list[Event], stages: int) -> float:
@@ -130,34 +89,48 @@ def common_clock_origin(device: torch.device = torch.device("cpu")) -> float:
     return origin.item()
 
 
-class PipelineStage:
-    """One stage of a pipeline: runs a schedule of forwards and backwards for one step.
 
-    ``prev_rank`` / ``next_rank`` are the global ranks of the neighbouring stages (None at
-    the ends); ``input_shape`` is the shape of one micro-batch's activation entering this
-    stage (the first stage gets its inputs directly). Activations travel with
-    ``isend``/``recv``: a stage never waits for its own sends, only for what it needs.
+
+class PipelineStage:
+    """One stage of a pipeline: runs a schedule of passes for one step.
+
+    ``modules`` are the stage's model chunks (one, or V for an interleaved schedule: chunk
+    c is virtual stage c·P + ``stage``); ``ranks`` the global ranks of the pipeline's P
+    stages; ``shapes`` the P·V + 1 shapes at the cuts of the model into chunks
+    (:func:`parcourse.model_parallel.partition.boundary_shapes`): shapes[v] enters virtual stage
+    v. ``split_backward`` runs B as the input gradient only and W as the weight gradients
+    (:mod:`parcourse.model_parallel.zero_bubble`); ``receives`` says when the stage posts its
+    receives (:mod:`parcourse.model_parallel.messages`); the time it spends sending and waiting
+    for each message is kept in :attr:`messages` (events of kind "send" and "wait").
     """
 
-    def __init__(self, module: nn.Module, stage: int, stages: int,
-                 prev_rank: int | None, next_rank: int | None,
-                 input_shape: torch.Size, output_shape: torch.Size, device: torch.device,
-                 dtype: torch.dtype = torch.float32):
-        self.module, self.stage, self.stages = module, stage, stages
-        self.prev_rank, self.next_rank = prev_rank, next_rank
-        self.input_shape, self.output_shape = input_shape, output_shape
-        self.device, self.dtype = device, dtype
+    def __init__(self, modules: nn.Module | list[nn.Module], stage: int, stages: int,
+                 ranks: list[int], shapes: list[torch.Size], device: torch.device,
+                 dtype: torch.dtype = torch.float32, *, split_backward: bool = False,
+                 receives: str = "step"):
+        self.modules = list(modules) if isinstance(modules, (list, tuple)) else [modules]
+        self.stage, self.stages, self.ranks = stage, stages, list(ranks)
+        self.last = stages * len(self.modules) - 1          # the last virtual stage
+        self.shapes, self.device, self.dtype = shapes, device, dtype
+        self.deferred = ([zero_bubble.defer_weight_gradients(m) for m in self.modules]
+                         if split_backward else None)
+        self.receives = receives
         self.peak_in_flight = 0
+        self.messages: list[Event] = []  # "send" calls and "wait"s in receives, every step
 
-    @property
-    def is_first(self) -> bool:
-        return self.prev_rank is None
+    def _rank_of(self, virtual: int) -> int:
+        return self.ranks[virtual % self.stages]
 
-    @property
-    def is_last(self) -> bool:
-        return self.next_rank is None
+    def _incoming(self, action: Action):
+        """The message ``action`` needs: (key, source rank, shape), or None."""
+        v = action.chunk * self.stages + self.stage
+        if action.kind == "F" and v > 0:
+            return ("F", v, action.micro), self._rank_of(v - 1), self.shapes[v]
+        if action.kind == "B" and v < self.last:
+            return ("B", v, action.micro), self._rank_of(v + 1), self.shapes[v + 1]
+        return None
 
-    def run(self, actions: list[tuple[str, int]], step: int, t0: float,
+    def run(self, actions: list[Action], step: int, t0: float,
             inputs: list[torch.Tensor] | None = None,
             targets: list[torch.Tensor] | None = None,
             weights: list[float] | None = None) -> tuple[float, list[Event]]:
@@ -165,43 +138,50 @@ class PipelineStage:
 
         ``inputs`` (first stage) and ``targets`` (last stage) are the micro-batches;
         ``weights[m] = b_m / B`` scales micro-batch m's mean loss. Gradients accumulate
-        in ``module``'s parameters; the caller steps the optimizer.
+        in the modules' parameters; the caller steps the optimizer.
         """
-        stash, events, sends, loss_sum = {}, [], [], 0.0
-        for kind, m in actions:
+        incoming = [m for m in map(self._incoming, actions) if m is not None]
+        box = Messages(self.ranks[self.stage], 1 + max(a.micro for a in actions), incoming,
+                       self.device, self.dtype, self.receives)
+        stash, pending, events, loss_sum = {}, {}, [], 0.0
+        for action in actions:
+            kind, m, chunk = action
+            v = chunk * self.stages + self.stage
             if kind == "F":
-                if self.is_first:
+                if v == 0:
                     x = inputs[m]
                 else:
-                    x = torch.empty(self.input_shape, dtype=self.dtype, device=self.device)
-                    dist.recv(x, src=self.prev_rank)
-                    x.requires_grad_()
+                    x = box.take(("F", v, m)).requires_grad_()
                 start = time.perf_counter()
-                out = self.module(x)
-                if self.is_last:
-                    loss = F.cross_entropy(out, targets[m])
+                if self.deferred:
+                    pending[m, chunk] = self.deferred[chunk].collect()
+                out = self.modules[chunk](x)
+                if v == self.last:
+                    # logits (n, classes) or, for a GPT, (n, T, vocab): mean over all
+                    loss = F.cross_entropy(out.flatten(0, -2), targets[m].flatten())
                     loss_sum += loss.item() * weights[m]
                     out = loss * weights[m]
                 end = time.perf_counter()
-                if not self.is_last:
-                    activation = out.detach()
-                    sends.append((dist.isend(activation, dst=self.next_rank), activation))
-                stash[m] = (x, out)
-                self.peak_in_flight = max(self.peak_in_flight, len(stash))
-            else:
-                x, out = stash.pop(m)
-                if self.is_last:
-                    start = time.perf_counter()
-                    out.backward()
-                else:
-                    grad = torch.empty(self.output_shape, dtype=self.dtype, device=self.device)
-                    dist.recv(grad, src=self.next_rank)
-                    start = time.perf_counter()
-                    out.backward(grad)
+                if v < self.last:
+                    box.send(out.detach(), self._rank_of(v + 1), ("F", v + 1, m))
+                stash[m, chunk] = (x, out)
+                held = len(stash) + len(pending) - len(set(stash) & set(pending))
+                self.peak_in_flight = max(self.peak_in_flight, held)
+            elif kind == "B":
+                x, out = stash.pop((m, chunk))
+                grad = None if v == self.last else box.take(("B", v, m))
+                start = time.perf_counter()
+                out.backward(grad)
                 end = time.perf_counter()
-                if not self.is_first:
-                    sends.append((dist.isend(x.grad, dst=self.prev_rank), x.grad))
-            events.append(Event(step, self.stage, kind, m, start - t0, end - t0))
-        for request, _tensor in sends:  # the tensor stays alive until it is sent
-            request.wait()
+                if v > 0:
+                    box.send(x.grad, self._rank_of(v - 1), ("B", v - 1, m))
+            else:
+                start = time.perf_counter()
+                zero_bubble.WeightGradients.apply(pending.pop((m, chunk)))
+                end = time.perf_counter()
+            events.append(Event(step, self.stage, kind, m, start - t0, end - t0, chunk))
+        box.finish()
+        for what, (_kind, v, m), start, end in box.log:
+            self.messages.append(Event(step, self.stage, what, m, start - t0, end - t0,
+                                       v // self.stages))
         return loss_sum, events

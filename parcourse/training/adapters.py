@@ -49,36 +49,41 @@ class Replica:
 
 
 class Stages:
-    """Layers ``start … end − 1`` of the model; replica 0's stages make the unsplit model.
+    """A pipeline stage's layers (``start … end − 1``, or an interleaved stage's chunks);
+    replica 0's stages make the unsplit model.
 
-    The optimizer over this stage's parameters numbers them 0, 1, …; in the unsplit model
-    they come after the ``first_parameter`` parameters of the earlier stages
-    (:func:`parcourse.checkpoint.merge_optimizer_states`).
+    The optimizer over this stage's parameters numbers them 0, 1, …; ``indices[i]`` is
+    the unsplit model's number of parameter i (:func:`parcourse.checkpoint.merge_optimizer_states`):
+    consecutive after the earlier stages' parameters, except a tied weight that an earlier
+    stage holds too (the GPT's head on the last stage shares the first stage's token table).
     """
 
     def __init__(self, part: nn.Module, optimizer: torch.optim.Optimizer | None,
-                 first_parameter: int, stages: int, rank: int, world_size: int):
-        self.part, self.optimizer = part, optimizer
-        self.first_parameter, self.stages = first_parameter, stages
-        self.rank, self.world_size = rank, world_size
+                 indices: list[int], stages: int, rank: int, world_size: int):
+        self.part, self.optimizer, self.indices = part, optimizer, list(indices)
+        self.stages, self.rank, self.world_size = stages, rank, world_size
 
     def full(self):
         mine = (cpu_state(self.part),
-                self.optimizer.state_dict() if self.optimizer is not None else None)
+                self.optimizer.state_dict() if self.optimizer is not None else None,
+                self.indices)
         gathered = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(mine, gathered, dst=0)
         if self.rank != 0:
             return None
         first_replica = gathered[:self.stages]
-        model_state = {k: v for state, _ in first_replica for k, v in state.items()}
-        return model_state, checkpoint.merge_optimizer_states([o for _, o in first_replica])
+        model_state = {k: v for state, _, _ in first_replica for k, v in state.items()}
+        # in the unsplit model's order: by layer (an interleaved stage holds layers that
+        # are not consecutive), each layer's keys as its stage lists them
+        model_state = dict(sorted(model_state.items(), key=lambda kv: int(kv[0].split(".")[0])))
+        return model_state, checkpoint.merge_optimizer_states(
+            [o for _, o, _ in first_replica], [i for _, _, i in first_replica])
 
     def load(self, saved: dict) -> None:
         self.part.load_state_dict({key: saved["model"][key] for key in self.part.state_dict()})
         if self.optimizer is not None:
-            count = len(list(self.part.parameters()))
             self.optimizer.load_state_dict(checkpoint.split_optimizer_state(
-                saved["optimizer"], self.first_parameter, count))
+                saved["optimizer"], 0, 0, self.indices))
 
 
 class TensorShards:

@@ -74,6 +74,12 @@ class TrainConfig:
     """Pipeline stages (0: the strategy's default)."""
     microbatches: int = 1
     """Micro-batches per step in a pipeline (1: the naive layer split)."""
+    chunks: int = 0
+    """Interleaved pipeline: model chunks V per stage (0: the strategy's default, 2)."""
+    receives: str = "step"
+    """Pipelines: when a stage posts its receives: ``step`` (all at the start of the step),
+    ``ahead`` (the next one of each direction) or ``needed`` (when it needs the message, the
+    slowest; :mod:`parcourse.model_parallel.messages`)."""
     partition: str = "parameters"
     """Where to cut a pipeline: parameters, time, or cut points such as 3 or 2,5."""
     recompute: bool = False
@@ -114,7 +120,10 @@ class TrainResult:
     overlap: float = 0.0                   # dp-bucketed: share of it hidden behind backward
     timeline: list = field(default_factory=list, repr=False)  # pipelines: pipeline.Event list
     peak_in_flight: list = field(default_factory=list)       # pipelines: per stage
-    stage_layers: list = field(default_factory=list)         # pipelines: (start, end) per stage
+    messages: list = field(default_factory=list, repr=False)  # pipelines: Events "send"
+    # (in isend) and "wait" (in a receive)
+    stage_layers: list = field(default_factory=list)  # pipelines: (start, end) of each
+    # virtual stage (chunk c of stage s is entry c·P + s; one per stage without chunks)
 
     @property
     def samples_per_second(self) -> float:

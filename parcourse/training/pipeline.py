@@ -6,14 +6,20 @@ parts start exactly as the single-device model does. Worker ``rank`` is stage s 
 replica r in the grid :class:`parcourse.grid.Grid` (R replicas × P stages). Replica r
 trains on shard r of the global batch, cut into M micro-batches; micro-batch m is
 weighted b_m / B (B: the global batch), so the sum over micro-batches and replicas is the
-full batch's gradient. After the backward pass, the workers that hold the same stage
-all-reduce (sum) their gradients within their data-parallel group. The schedules and the
-stage that runs them are :mod:`parcourse.model_parallel.pipeline`.
+full batch's gradient. After the backward pass, a weight that two stages hold (the GPT's
+token table: embeddings on the first stage, head on the last) has its two gradients summed
+between those stages of each replica (Megatron-LM's "embedding group"), then the workers
+that hold the same stage all-reduce (sum) their gradients within their data-parallel group.
+The schedules and the stage that runs them are :mod:`parcourse.model_parallel.pipeline`.
+
+For the GPT the messages between stages are (micro-batch, T, width) activations in
+``--dtype`` and their gradients; the token ids (int64) enter the first stage directly.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import torch
@@ -23,20 +29,21 @@ from .. import data as datasets
 from .. import launch
 from ..errors import ConfigError
 from ..grid import Grid
-from ..model_parallel import partition, pipeline
-from ..models import MODELS
+from ..model_parallel import partition, pipeline, schedules
+from ..model_parallel.messages import RECEIVES
+from ..models import build_model, sizes_of
 from .adapters import Stages
 from .config import TrainConfig
 from .loop import make_optimizer
 from .registry import PIPELINED, Strategy, register
-from .worker import batch_of, load_data_and_model, result, train_worker
+from .worker import batch_of, dtype_of, load_data_and_model, result, train_worker
 
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    """What distinguishes the three pipeline strategies."""
-    schedule: str        # a name of parcourse.model_parallel.pipeline.SCHEDULES
+    """What distinguishes the pipeline strategies."""
+    schedule: str        # a name of parcourse.model_parallel.schedules.SCHEDULES
     replicated: bool     # several replicas of the pipeline (then 2 stages by default)
     summary: str
 
@@ -44,8 +51,14 @@ class Pipeline:
 PIPELINES = {
     "pipeline-gpipe": Pipeline("gpipe", False, "GPipe: all forwards, then all backwards"),
     "pipeline-1f1b": Pipeline("1f1b", False, "1F1B: one forward, one backward (PipeDream-Flush)"),
+    "pipeline-interleaved": Pipeline("interleaved", False,
+                                     "interleaved 1F1B: --chunks model chunks per stage"),
+    "pipeline-zb-h1": Pipeline("zb-h1", False,
+                               "ZB-H1: backward split into input and weight gradients, the "
+                               "weight gradients moved into the bubble"),
     "dp-pp": Pipeline("1f1b", True, "replicas × 1F1B pipeline stages"),
 }
+DEFAULT_CHUNKS = 2  # pipeline-interleaved without --chunks
 
 
 def check_microbatches(batch_size: int, replicas: int, microbatches: int) -> None:
@@ -71,64 +84,122 @@ def _sum_gradients(module: torch.nn.Module, group) -> None:
         offset += g.numel()
 
 
-def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
-    """One stage of one replica; rank 0 returns the gathered result, the others None."""
-    grid = Grid.of(world_size, stages=config.stages)
-    where, device = grid.position(rank), launch.device()
-    dataset, model = load_data_and_model(config)
-    micro_size = config.batch_size // (grid.replicas * config.microbatches)
-    example = dataset.train_x[:micro_size]  # one micro-batch: shapes and layer times
-    # measured layer times differ from worker to worker: rank 0 decides for everyone
-    decision = [partition.partition(model, grid.stages, config.partition, example)
-                if rank == 0 else None]
-    dist.broadcast_object_list(decision, src=0)
-    ranges = decision[0]
-    shapes = partition.boundary_shapes(model, ranges, example)
-    start, end = ranges[where.stage]
-    part = model[start:end].to(device)
-    first, last = where.stage == 0, where.stage == grid.stages - 1
-    runner = pipeline.PipelineStage(part, where.stage, grid.stages,
-                                    None if first else rank - 1, None if last else rank + 1,
-                                    shapes[where.stage], shapes[where.stage + 1], device,
-                                    example.dtype)
-    groups = grid.data_parallel_groups()
-    actions = pipeline.schedule(PIPELINES[config.strategy].schedule, where.stage, grid.stages,
-                                config.microbatches)
-    trainable = list(part.parameters())
-    optimizer = make_optimizer(config.optimizer, trainable, config.lr) if trainable else None
-    timeline, t0 = [], pipeline.common_clock_origin(device)
+def tied_groups(grid: Grid, ties: list[tuple[int, str, int, str]]) -> dict:
+    """``{(replica, tie): process group}`` of the two stages of each replica that hold one
+    tied weight (:func:`parcourse.model_parallel.partition.tied_across_stages`). Every worker
+    calls this, in the same order (``torch.distributed.new_group`` needs it)."""
+    return {(r, i): dist.new_group([grid.rank(r, a), grid.rank(r, b)])
+            for r in range(grid.replicas) for i, (a, _, b, _) in enumerate(ties)}
 
-    def inner_step(step: int) -> float:
+
+def _sum_tied(part: torch.nn.Module, stage: int, replica: int, ties, groups) -> None:
+    """Sum the gradients of the tied weights this stage holds with the other stage's."""
+    for i, (a, name_a, b, name_b) in enumerate(ties):
+        if stage in (a, b):
+            weight = part.get_parameter(name_a if stage == a else name_b)
+            dist.all_reduce(weight.grad, group=groups[replica, i])
+
+
+def chunks_of(config: TrainConfig) -> int:
+    """``--chunks``: V model chunks per stage (0: 2 for pipeline-interleaved, else 1)."""
+    if config.chunks:
+        return config.chunks
+    return DEFAULT_CHUNKS if PIPELINES[config.strategy].schedule == "interleaved" else 1
+
+
+class PipelineWorker:
+    """What one worker holds and does as stage s of replica r: its chunks of the model,
+    the stage runner, the optimizer over its parameters, and :meth:`step`.
+
+    Every worker of the grid builds one at the same time (it creates process groups);
+    several can live in the same processes, which is how :mod:`parcourse.bench.pipeline`
+    runs the schedules side by side.
+    """
+
+    def __init__(self, config: TrainConfig, rank: int, world_size: int, dataset, model,
+                 t0: float):
+        grid = Grid.of(world_size, stages=config.stages)
+        where, device = grid.position(rank), launch.device()
+        name, chunks = PIPELINES[config.strategy].schedule, chunks_of(config)
+        micro_size = config.batch_size // (grid.replicas * config.microbatches)
+        example = dataset.train_x[:micro_size]  # one micro-batch: shapes and layer times
+        # measured layer times differ from worker to worker: rank 0 decides for everyone;
+        # virtual stage v = c·P + s is chunk c of stage s
+        decision = [partition.partition(model, grid.stages * chunks, config.partition, example)
+                    if rank == 0 else None]
+        dist.broadcast_object_list(decision, src=0)
+        self.ranges = ranges = decision[0]
+        shapes = partition.boundary_shapes(model, ranges, example)
+        modules = [model[slice(*ranges[c * grid.stages + where.stage])].to(device)
+                   for c in range(chunks)]
+        # this stage's layers under their own names: its state, parameters and optimizer
+        self.part = type(model)(OrderedDict((k, m) for module in modules
+                                            for k, m in module.named_children()))
+        self.runner = pipeline.PipelineStage(
+            modules, where.stage, grid.stages, grid.pipeline_ranks(where.replica), shapes,
+            device, dtype_of(config), split_backward=name in schedules.SPLIT_BACKWARD,
+            receives=config.receives)
+        self.groups = grid.data_parallel_groups()
+        self.ties = [(a % grid.stages, name_a, b % grid.stages, name_b)
+                     for a, name_a, b, name_b in partition.tied_across_stages(model, ranges)
+                     if a % grid.stages != b % grid.stages]
+        self.tied = tied_groups(grid, self.ties)
+        self.actions = schedules.schedule(name, where.stage, grid.stages, config.microbatches,
+                                          chunks)
+        self.trainable = list(self.part.parameters())
+        self.optimizer = (make_optimizer(config.optimizer, self.trainable, config.lr)
+                          if self.trainable else None)
+        number = {id(p): i for i, p in enumerate(model.parameters())}  # in the unsplit model
+        self.adapter = Stages(self.part, self.optimizer,
+                              [number[id(p)] for p in self.trainable], grid.stages, rank,
+                              world_size)
+        self.config, self.dataset, self.grid, self.where = config, dataset, grid, where
+        self.device, self.t0, self.timeline = device, t0, []
+
+    def step(self, step: int) -> float:
+        """One training step: the schedule, the tied and data-parallel gradient sums, the
+        optimizer; returns the last stage's share of the global mean loss (0 elsewhere)."""
+        config, dataset, grid, where = self.config, self.dataset, self.grid, self.where
         mine = datasets.shard(batch_of(dataset, config, step), where.replica, grid.replicas)
         micro = [datasets.shard(mine, m, config.microbatches)
                  for m in range(config.microbatches)]
-        part.zero_grad()
-        loss, events = runner.run(
-            actions, step, t0,
-            inputs=[dataset.train_x[i].to(device) for i in micro] if first else None,
-            targets=[dataset.train_y[i].to(device) for i in micro] if last else None,
+        first, last = where.stage == 0, where.stage == grid.stages - 1
+        self.part.zero_grad()
+        loss, events = self.runner.run(
+            self.actions, step, self.t0,
+            inputs=[dataset.train_x[i].to(self.device) for i in micro] if first else None,
+            targets=[dataset.train_y[i].to(self.device) for i in micro] if last else None,
             weights=[len(i) / config.batch_size for i in micro])
-        if trainable:
+        if self.trainable:
+            _sum_tied(self.part, where.stage, where.replica, self.ties, self.tied)
             if grid.replicas > 1:
-                _sum_gradients(part, groups[where.stage, 0])
-            optimizer.step()
-        timeline.extend(events)
-        return loss  # the last stage's share of the global mean; 0 elsewhere
+                _sum_gradients(self.part, self.groups[where.stage, 0])
+            self.optimizer.step()
+        self.timeline.extend(events)
+        return loss
 
-    first_parameter = len(list(model[:start].parameters()))
-    adapter = Stages(part, optimizer, first_parameter, grid.stages, rank, world_size)
-    losses, _ = train_worker(config, inner_step, adapter, rank=rank, world_size=world_size,
-                             device=device)
-    seconds = time.perf_counter() - t0  # on the clock of the timeline's events
-    full = adapter.full()
+
+def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
+    """One stage of one replica; rank 0 returns the gathered result, the others None."""
+    dataset, model = load_data_and_model(config)
+    worker = PipelineWorker(config, rank, world_size, dataset, model,
+                            pipeline.common_clock_origin(launch.device()))
+    losses, _ = train_worker(config, worker.step, worker.adapter, rank=rank,
+                             world_size=world_size, device=worker.device)
+    seconds = time.perf_counter() - worker.t0  # on the clock of the timeline's events
+    full = worker.adapter.full()
     gathered = [None] * world_size if rank == 0 else None
-    dist.gather_object((timeline, runner.peak_in_flight), gathered, dst=0)
+    dist.gather_object((worker.timeline, worker.runner.peak_in_flight,
+                        worker.runner.messages),
+                       gathered, dst=0)
     if rank != 0:
         return None
+    stages = worker.grid.stages
     return result(config, full[0], losses, seconds, dataset,
-                  timeline=[e for events, _ in gathered[:grid.stages] for e in events],
-                  peak_in_flight=[peak for _, peak in gathered[:grid.stages]],
-                  stage_layers=ranges)
+                  timeline=[e for events, _, _ in gathered[:stages] for e in events],
+                  peak_in_flight=[peak for _, peak, _ in gathered[:stages]],
+                  messages=[e for _, _, log in gathered[:stages] for e in log],
+                  stage_layers=worker.ranges)
 
 
 def train_pipeline(config: TrainConfig):
@@ -146,21 +217,41 @@ def _prepare(config: TrainConfig) -> TrainConfig:
     return config if config.stages else replace(config, stages=stages_of(config))
 
 
+def layers_of(config: TrainConfig) -> str:
+    """How the check messages name the model's layers."""
+    if config.model == "gpt":
+        return f"--model gpt (the embeddings, --layers {config.layers} blocks and the head)"
+    return f"--model {config.model}"
+
+
 def _check(config: TrainConfig) -> None:
-    model, stages = MODELS[config.model](), stages_of(config)
+    model = build_model(config.model, **sizes_of(config.model, config))
+    stages = stages_of(config)
     if not PIPELINES[config.strategy].replicated and stages != config.workers:
         raise ConfigError(f"--strategy {config.strategy} runs one stage per worker, but "
                           f"--stages is {stages} and --workers {config.workers}: make them "
                           f"equal, or use --strategy dp-pp for several pipeline replicas")
-    partition.check_stages(len(model), stages, f"--model {config.model}")
+    partition.check_stages(len(model), stages, layers_of(config))
+    if config.receives not in RECEIVES:
+        raise ConfigError(f"unknown --receives {config.receives!r}: choose one of "
+                          f"{', '.join(RECEIVES)}")
+    chunks = chunks_of(config)
+    if stages * chunks > len(model):
+        raise ConfigError(f"--stages {stages} × --chunks {chunks} = {stages * chunks} model "
+                          f"chunks is more than the {len(model)} layers of {layers_of(config)}: "
+                          f"each chunk needs at least one layer, so use --chunks "
+                          f"{len(model) // stages} or fewer")
     grid = Grid.of(config.workers, stages=stages)
     check_microbatches(config.batch_size, grid.replicas, config.microbatches)
+    schedules.check_schedule(PIPELINES[config.strategy].schedule, stages, config.microbatches,
+                             chunks)
     if config.partition not in partition.METHODS:
-        partition.parse_boundaries(config.partition, len(model), stages)
+        partition.parse_boundaries(config.partition, len(model), stages * chunks,
+                                   "--stages × --chunks" if chunks > 1 else "--stages")
 
 
 for _name, _pipeline in PIPELINES.items():
     register(Strategy(_name, train_pipeline, _pipeline.summary,
-                      options=("stages", "microbatches", "partition"), batch=PIPELINED,
-                      family="pipeline", check=_check, prepare=_prepare,
-                      models=("simple", "complex")))
+                      options=("stages", "microbatches", "partition", "receives",
+                               *(("chunks",) if _pipeline.schedule == "interleaved" else ())),
+                      batch=PIPELINED, family="pipeline", check=_check, prepare=_prepare))

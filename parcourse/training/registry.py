@@ -27,20 +27,20 @@ from .config import DATASETS, DTYPES, MODEL_DATASETS, OPTIMIZERS, TrainConfig, T
 
 # Options that only some strategies take; every other field of TrainConfig applies to all.
 SPECIFIC = ("allreduce", "bucket_kb", "fp16_allreduce", "accumulation", "stages",
-            "microbatches", "partition", "recompute", "precision", "reshard_after_forward",
-            "sequence_parallel")
+            "microbatches", "chunks", "partition", "receives", "recompute", "precision",
+            "reshard_after_forward", "sequence_parallel")
 # Of those, the ones that tune how a strategy runs, not what it computes: a strategy that
 # does not take them ignores them, so that one configuration serves several strategies
 # (the book's comparisons do this). Setting any other specific option for a strategy that
 # does not take it is an error ("--stages works with the pipeline strategies ...").
-TUNING = ("allreduce", "bucket_kb", "partition")
+TUNING = ("allreduce", "bucket_kb", "partition", "receives")
 # How a strategy splits the global batch of B samples over K workers.
 EQUAL = "equal shards"          # averages K local means: needs K | B
 WEIGHTED = "weighted shards"    # weights shard k by B_k / B: any B ≥ K
 WHOLE = "the whole batch"       # every worker sees the whole batch (one worker, or tensor)
 PIPELINED = "micro-batches"     # replicas' shards, cut into micro-batches
 # Why a model is not (yet) trained by the strategies that do not declare it.
-NOT_BUILT = {"gpt": "pipelines of the GPT are not built yet"}
+NOT_BUILT: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ def single(tmp_path_factory):
     ("simple", "sgd", ["--strategy", "pipeline-gpipe", "--workers", "2", "--microbatches", "4"]),
     ("simple", "adam", ["--strategy", "pipeline-1f1b", "--workers", "3", "--microbatches", "2"]),
     ("complex", "sgd", ["--strategy", "pipeline-1f1b", "--workers", "2", "--microbatches", "8",
-                        "--partition", "3"]),
+                        "--partition", "3", "--receives", "needed"]),
     # complex with Adam: in float32 it differs by ~3e-6 even in one process, just from
     # running 2 threads instead of 1 (Adam turns the rounding noise of near-zero gradients
     # into lr-sized steps); in float64 that noise is 1e-16 and the pipeline matches
@@ -30,7 +30,7 @@ def single(tmp_path_factory):
     ("complex", "sgd", ["--strategy", "pipeline-gpipe", "--workers", "2",
                         "--partition", "time"]),                      # naive split: M = 1
     ("simple", "sgd", ["--strategy", "dp-pp", "--workers", "4", "--stages", "2",
-                       "--microbatches", "2"]),
+                       "--microbatches", "2", "--receives", "ahead"]),
     ("simple", "adam", ["--strategy", "tensor", "--workers", "2"]),
     ("complex", "sgd", ["--strategy", "tensor", "--workers", "4"]),
 ])
@@ -63,13 +63,29 @@ def test_pipeline_under_torchrun(tmp_path, single):
      "make them equal, or use --strategy dp-pp for several pipeline replicas"),
     (["--strategy", "ddp", "--workers", "2", "--microbatches", "2"],
      "--microbatches works with the pipeline strategies (pipeline-gpipe, pipeline-1f1b, "
-     "dp-pp), not --strategy ddp"),
+     "pipeline-interleaved, pipeline-zb-h1, dp-pp), not --strategy ddp"),
     (["--strategy", "tensor", "--workers", "3"],
      "layer 1 has 64 features, which cannot be split evenly over 3 workers: use a number of "
      "workers that divides 64"),
     (["--strategy", "pipeline-gpipe", "--workers", "2", "--partition", "9"],
      "--partition '9': cut points must increase strictly and lie between 1 and 5 (the model "
      "has 6 layers)"),
+    (["--strategy", "pipeline-interleaved", "--workers", "2", "--microbatches", "1"],
+     "--microbatches 1 is fewer than --stages 2: interleaved 1F1B sends the micro-batches "
+     "through each chunk in groups of P = 2, so it needs at least 2"),
+    (["--strategy", "pipeline-interleaved", "--workers", "4", "--microbatches", "6",
+      "--batch-size", "48", "--model", "complex"],
+     "--microbatches 6 is not a multiple of --stages 4: interleaved 1F1B sends the "
+     "micro-batches through each chunk in groups of P = 4; use 4 or 8"),
+    (["--strategy", "pipeline-interleaved", "--workers", "2", "--microbatches", "4",
+      "--model", "gpt", "--chunks", "3"],
+     "--stages 2 × --chunks 3 = 6 model chunks is more than the 4 layers of --model gpt (the "
+     "embeddings, --layers 2 blocks and the head): each chunk needs at least one layer, so "
+     "use --chunks 2 or fewer"),
+    (["--strategy", "pipeline-1f1b", "--workers", "2", "--receives", "later"],
+     "unknown --receives 'later': choose one of step, ahead, needed"),
+    (["--strategy", "pipeline-1f1b", "--workers", "2", "--chunks", "2"],
+     "--chunks works with --strategy pipeline-interleaved (got --strategy pipeline-1f1b)"),
     (["--strategy", "horovod-elastic", "--workers", "2", "--checkpoint", "c.pt"],
      "--checkpoint and --resume do not apply to --strategy horovod-elastic, which commits its "
      "state in memory every 10 steps"),
@@ -77,3 +93,22 @@ def test_pipeline_under_torchrun(tmp_path, single):
 def test_bad_model_parallel_input_exits_2_before_any_worker_starts(args, message):
     done = parcourse("train", *COMMON, *args, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (2, "", ERR + message + "\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--schedules", "zigzag"],
+     "bench pipeline compares gpipe, 1f1b, interleaved, zb-h1, not zigzag"),
+    (["--repeats", "0"], "--repeats must be at least 1 (got 0)"),
+    (["--microbatches", "6", "--batch-size", "48", "--workers", "4"],
+     "--stages 4 × --chunks 2 = 8 model chunks is more than the 6 layers of --model gpt (the "
+     "embeddings, --layers 4 blocks and the head): each chunk needs at least one layer, so "
+     "use --chunks 1 or fewer"),
+    (["--microbatches", "3", "--batch-size", "48"],
+     "--microbatches 3 is not a multiple of --stages 2: interleaved 1F1B sends the "
+     "micro-batches through each chunk in groups of P = 2; use 2 or 4"),
+    (["--receives", "later"], "unknown --receives 'later': choose one of step, ahead, needed"),
+])
+def test_bad_pipeline_benchmark_input_exits_2_with_one_line(args, message):
+    done = parcourse("bench", "pipeline", *args, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == "python -m parcourse bench: error: " + message + "\n"

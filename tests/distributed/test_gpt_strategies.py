@@ -1,5 +1,5 @@
-"""python -m parcourse train --model gpt: every data-parallel and sharded strategy saves the
-parameters of the single run (float64, parcourse.compare.FLOAT64_TOLERANCE; measured:
+"""python -m parcourse train --model gpt: every data-parallel, sharded and pipeline strategy
+saves the parameters of the single run (float64, parcourse.compare.FLOAT64_TOLERANCE; measured:
 ≤ 1e-14), the tied token table included, under both of its state_dict names.
 
 The runs are short (10 Adam steps on batches of 8 windows of the tiny default GPT): Adam
@@ -40,6 +40,10 @@ def single(tmp_path_factory):
     ("torch-zero1", 2, []),
     ("single", 1, ["--accumulation", "3"]),            # micro-batches of 3, 3, 2
     ("single", 1, ["--recompute"]),
+    # pipelines: the table on the first stage, the head on the last, their gradients summed
+    ("pipeline-gpipe", 2, ["--microbatches", "4"]),
+    ("pipeline-1f1b", 3, ["--microbatches", "2"]),     # embeddings | block 1 | block 2, head
+    ("dp-pp", 4, ["--stages", "2", "--microbatches", "2"]),
 ])
 def test_strategy_trains_the_gpt_to_the_single_parameters(tmp_path, single, strategy,
                                                           workers, extra):
@@ -64,11 +68,24 @@ def test_a_zero3_checkpoint_resumes_under_fsdp(tmp_path, single):
     assert_same_parameters(torch.load(tmp_path / "resumed.pt", weights_only=True), single)
 
 
+def test_a_pipeline_checkpoint_resumes_cut_another_way(tmp_path, single):
+    """Two stages save the unsplit GPT (the head's copy of the table under its own name, its
+    Adam state once); three stages cut differently take their parts out of it."""
+    path = str(tmp_path / "gpt.pt")
+    for strategy, workers, steps, extra in (
+            ("pipeline-1f1b", "2", "5", ["--checkpoint-every", "5", "--microbatches", "2"]),
+            ("pipeline-gpipe", "3", "10", ["--resume", "--microbatches", "4"])):
+        done = parcourse("train", *GPT, "--strategy", strategy, "--workers", workers,
+                         "--steps", steps, "--checkpoint", path, *extra,
+                         *(["--save", str(tmp_path / "resumed.pt")] if steps == "10" else []))
+        assert done.returncode == 0, done.stderr
+    assert_same_parameters(torch.load(tmp_path / "resumed.pt", weights_only=True), single)
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--model", "gpt", "--strategy", "pipeline-1f1b", "--workers", "2"],
-     "--model gpt works with --strategy single, ddp, dp-manual, dp-bucketed, zero1, zero2, "
-     "zero3, fsdp, torch-zero1, horovod, horovod-elastic, tensor (got --strategy "
-     "pipeline-1f1b): pipelines of the GPT are not built yet"),
+    (["--model", "gpt", "--strategy", "pipeline-gpipe", "--workers", "5"],
+     "--stages 5 is more than the 4 layers of --model gpt (the embeddings, --layers 2 blocks "
+     "and the head): each stage needs at least one layer, so use --stages 4 or fewer"),
     (["--width", "64"], "--width works with --model gpt (got --model simple)"),
 ])
 def test_bad_gpt_options_exit_2_with_one_line(args, message):

@@ -72,8 +72,8 @@ def test_float32_zero3_stays_within_the_noise_floor_measured_in_this_run(tmp_pat
      ERR + "--allreduce tree has no reduce-scatter: --strategy zero2 shards with ring, naive "
            "or native"),
     (["--strategy", "zero3", "--workers", "2", "--stages", "2"],
-     ERR + "--stages works with the pipeline strategies (pipeline-gpipe, pipeline-1f1b, dp-pp), "
-           "not --strategy zero3"),
+     ERR + "--stages works with the pipeline strategies (pipeline-gpipe, pipeline-1f1b, "
+           "pipeline-interleaved, pipeline-zb-h1, dp-pp), not --strategy zero3"),
 ])
 def test_bad_input_is_one_line(args, message):
     done = parcourse("train", *COMMON, *args)

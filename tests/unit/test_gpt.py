@@ -136,10 +136,9 @@ def test_the_tiny_gpt_learns_below_the_uniform_loss():
     (dict(model="gpt", sequence=10 ** 6),
      f"--sequence 1000000 is longer than the text's test part allows: use at most "
      f"{text_max_sequence()}"),
-    (dict(model="gpt", strategy="pipeline-gpipe", workers=2),
-     "--model gpt works with --strategy single, ddp, dp-manual, dp-bucketed, zero1, zero2, "
-     "zero3, fsdp, torch-zero1, horovod, horovod-elastic, tensor (got --strategy "
-     "pipeline-gpipe): pipelines of the GPT are not built yet"),
+    (dict(model="gpt", strategy="dp-pp", workers=4, stages=4, layers=1),
+     "--stages 4 is more than the 3 layers of --model gpt (the embeddings, --layers 1 blocks "
+     "and the head): each stage needs at least one layer, so use --stages 3 or fewer"),
 ])
 def test_gpt_options_are_checked_in_one_line(options, message):
     with pytest.raises(ConfigError) as refused:

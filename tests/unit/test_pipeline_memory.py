@@ -37,7 +37,7 @@ def full_batch_gradients(module, input_shape, output_shape, is_first, is_last):
     return [p.grad.clone() for p in module.parameters()]
 
 
-@pytest.mark.parametrize("schedule", pipeline.SCHEDULES)
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "zb-h1"])
 @pytest.mark.parametrize("stage", range(STAGES))
 def test_replay_gives_the_full_batch_gradients(schedule, stage):
     model, ranges, shapes = stages_of_complex_model()

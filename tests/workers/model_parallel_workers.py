@@ -34,8 +34,7 @@ def ours_against_torch_pipelining(rank, world_size, schedule_name):
     last = rank == world_size - 1
 
     ours = model[start:end]
-    stage = pipeline.PipelineStage(ours, rank, world_size, rank - 1 if rank else None,
-                                   None if last else rank + 1, shapes[rank], shapes[rank + 1],
+    stage = pipeline.PipelineStage(ours, rank, world_size, list(range(world_size)), shapes,
                                    torch.device("cpu"))
     actions = pipeline.schedule(schedule_name, rank, world_size, MICRO)
     chunks = list(zip(x.chunk(MICRO), y.chunk(MICRO)))
@@ -154,3 +153,67 @@ def sequence_operators(rank, world_size, batch=2, part=3, width=5):
             "entry_grad": entry.grad, "left": left.detach(), "exit_grad": exit_.grad,
             "exit_upstream": draw(50, batch, s, width), "fused": (fused.detach(), plain.detach()),
             "fused_grads": (fused_grads, plain_grads), "counted": counted}
+
+
+def _gpt_and_batch():
+    model = build_model("gpt", seed=7, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randint(0, 256, (BATCH, 32), generator=generator)
+    return model, x, torch.randint(0, 256, (BATCH, 32), generator=generator)
+
+
+def _gpt_loss(out, target):
+    return F.cross_entropy(out.flatten(0, -2), target.flatten())
+
+
+def gpt_against_torch_pipelining(rank, world_size, schedule_name, chunks=2):
+    """One step of our interleaved or ZB-H1 schedule on the GPT in float64, and of
+    torch.distributed.pipelining's ScheduleInterleaved1F1B or ScheduleInterleavedZeroBubble
+    on the same model cut into P·V chunks; both stages' gradients (the tied table's two
+    uses left apart, as each stage computes them)."""
+    from torch.distributed.pipelining import (PipelineStage, ScheduleInterleaved1F1B,
+                                              ScheduleInterleavedZeroBubble)
+
+    model, x, y = _gpt_and_batch()
+    ours_chunks = chunks if schedule_name == "interleaved" else 1
+    ranges = partition.partition(model, world_size * ours_chunks)
+    shapes = partition.boundary_shapes(model, ranges, x[:BATCH // MICRO])
+    modules = [model[slice(*ranges[c * world_size + rank])] for c in range(ours_chunks)]
+    stage = pipeline.PipelineStage(modules, rank, world_size, list(range(world_size)), shapes,
+                                   torch.device("cpu"), torch.float64,
+                                   split_backward=schedule_name == "zb-h1")
+    actions = pipeline.schedule(schedule_name, rank, world_size, MICRO, ours_chunks)
+    last = rank == world_size - 1
+    loss, _ = stage.run(actions, 0, time.perf_counter(), inputs=list(x.chunk(MICRO)),
+                        targets=list(y.chunk(MICRO)), weights=[1 / MICRO] * MICRO)
+    ours = {k: p.grad.clone() for m in modules
+            for k, p in m.named_parameters(remove_duplicate=False)}
+
+    theirs_model = _gpt_and_batch()[0]
+    their_ranges = partition.partition(theirs_model, world_size * chunks)
+    indices = [c * world_size + rank for c in range(chunks)]
+    theirs = [theirs_model[slice(*their_ranges[v])] for v in indices]
+    stages = [PipelineStage(m, v, world_size * chunks, torch.device("cpu"))
+              for m, v in zip(theirs, indices)]
+    runner = (ScheduleInterleaved1F1B if schedule_name == "interleaved"
+              else ScheduleInterleavedZeroBubble)(stages, MICRO, loss_fn=_gpt_loss)
+    losses = []
+    if rank == 0:
+        runner.step(x)
+    elif last:
+        runner.step(target=y, losses=losses)
+    else:
+        runner.step()
+    their_grads = {k: p.grad.clone() for m in theirs
+                   for k, p in m.named_parameters(remove_duplicate=False)}
+    their_loss = sum(t.item() for t in losses) / MICRO if last else 0.0
+    return ours, their_grads, loss, their_loss, stage.peak_in_flight
+
+
+def gpt_single_device_gradients():
+    """The unsplit GPT's gradients; the tied table's under both of its names."""
+    model, x, y = _gpt_and_batch()
+    loss = _gpt_loss(model(x), y)
+    loss.backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters(remove_duplicate=False)}, \
+        loss.item()
