@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stages", type=int, default=defaults.stages, metavar="P",
                    help=f"{option_help('stages')}: stages per pipeline (default: one per "
                         f"worker; dp-pp: 2, with --workers / P replicas)")
+    t.add_argument("--tensor", type=int, default=defaults.tensor, metavar="T",
+                   help=f"{option_help('tensor')}: tensor ranks per stage, which split each "
+                        f"block by heads and columns; --workers / (P·T) replicas (default: 2)")
     t.add_argument("--microbatches", type=int, default=defaults.microbatches, metavar="M",
                    help=f"{option_help('microbatches')}: micro-batches per step; 1 is the "
                         f"naive layer split (default: %(default)s)")

@@ -82,3 +82,11 @@ class Grid:
 
         return {(s, t): dist.new_group(self.data_parallel_ranks(s, t))
                 for s in range(self.stages) for t in range(self.tensor)}
+
+    def tensor_groups(self) -> dict[tuple[int, int], object]:
+        """``{(replica, stage): process group}`` of the tensor groups (every worker calls
+        this, in the same order)."""
+        import torch.distributed as dist
+
+        return {(r, s): dist.new_group(self.tensor_ranks(r, s))
+                for r in range(self.replicas) for s in range(self.stages)}

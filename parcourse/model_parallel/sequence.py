@@ -176,8 +176,11 @@ class GatheredLinear(torch.autograd.Function):
 
 def sum_over_ranks(parameters, group) -> None:
     """Replace each parameter's gradient by its sum over the tensor group: one all-reduce
-    of all of them, flattened (the rule for replicated parameters in the sequence region)."""
+    of all of them, flattened (the rule for replicated parameters in the sequence region);
+    nothing for none (a pipeline stage that holds no block)."""
     grads = [p.grad for p in parameters]
+    if not grads:
+        return
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, group=group)
     _count("gradient all-reduce (sequence region)", flat)
@@ -185,10 +188,10 @@ def sum_over_ranks(parameters, group) -> None:
         g.copy_(summed.view_as(g))
 
 
-def check_sequence(sequence: int, ranks: int) -> None:
-    """A clear error unless the T ranks split each window evenly."""
+def check_sequence(sequence: int, ranks: int, flag: str = "--workers") -> None:
+    """A clear error unless the T ranks split each window evenly (``flag`` sets T)."""
     if sequence % ranks:
         lower = sequence - sequence % ranks
         raise ConfigError(f"--sequence-parallel splits each window of --sequence {sequence} "
-                          f"tokens over --workers {ranks}: use a --sequence that is a "
+                          f"tokens over {flag} {ranks}: use a --sequence that is a "
                           f"multiple of {ranks}, e.g. {lower or ranks} or {lower + ranks}")

@@ -27,6 +27,7 @@ same and each split tensor is 1/T of the unsplit one along :class:`Split`'s dime
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -135,57 +136,67 @@ class ParallelBlock(nn.Module):
 
 
 class TensorParallelGPT(nn.Sequential):
-    """[embeddings, parallel blocks, head] of one tensor rank; with sequence parallelism
-    the blocks see this rank's positions only (sliced after the embeddings, gathered
-    before the head). Same names and state_dict keys as the unsplit GPT."""
+    """Layers of the GPT on one tensor rank — all of them, or a pipeline stage's slice —
+    under their unsplit names (the same state_dict keys). With sequence parallelism the
+    blocks see this rank's positions only: sliced after the embeddings, gathered before
+    the head, so a stage without either takes and passes 1/T of the positions."""
 
-    def __init__(self, layers: list[nn.Module], group=None, sequence_parallel: bool = False):
-        super().__init__(*layers)
+    def __init__(self, layers: "OrderedDict[str, nn.Module]", group=None,
+                 sequence_parallel: bool = False):
+        super().__init__(layers)
         self.group, self.sequence_parallel = group, sequence_parallel
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self[0](ids)
-        if self.sequence_parallel:
-            x = seq.SliceForwardAllGatherBackward.apply(x, self.group)
-        for block in list(self)[1:-1]:
-            x = block(x)
-        if self.sequence_parallel:
-            x = seq.AllGatherForwardSliceBackward.apply(x, self.group)
-        return self[-1](x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            if self.sequence_parallel and isinstance(layer, gpt.Head):
+                x = seq.AllGatherForwardSliceBackward.apply(x, self.group)
+            x = layer(x)
+            if self.sequence_parallel and isinstance(layer, gpt.Embeddings):
+                x = seq.SliceForwardAllGatherBackward.apply(x, self.group)
+        return x
+
+    def blocks(self) -> list[ParallelBlock]:
+        return [layer for layer in self if isinstance(layer, ParallelBlock)]
 
     def sum_sequence_gradients(self) -> None:
         """After backward: the sequence region's replicated gradients summed over the
         tensor group (:func:`.sequence.sum_over_ranks`); nothing without it."""
         if self.sequence_parallel:
-            seq.sum_over_ranks([p for block in list(self)[1:-1]
+            seq.sum_over_ranks([p for block in self.blocks()
                                 for p in block.sequence_region_parameters()], self.group)
 
 
 def check_splittable(width: int, heads: int, sequence: int, ranks: int,
-                     sequence_parallel: bool = False) -> None:
+                     sequence_parallel: bool = False, flag: str = "--workers",
+                     strategy: str = "tensor") -> None:
     """One-line errors unless T ranks split the GPT: whole heads per rank (which also
-    splits d, 3d and 4d), and with sequence parallelism the window."""
+    splits d, 3d and 4d), and with sequence parallelism the window. ``flag`` names the
+    option that sets T (``--workers`` for ``--strategy tensor``, ``--tensor`` in a grid)."""
+    who, what = (("worker", "a number of workers") if flag == "--workers"
+                 else ("tensor rank", f"a {flag}"))
     if width % ranks:
-        raise ConfigError(f"--strategy tensor splits the GPT's --width {width} over --workers "
-                          f"{ranks}: use a number of workers that divides {width}")
+        raise ConfigError(f"--strategy {strategy} splits the GPT's --width {width} over "
+                          f"{flag} {ranks}: use {what} that divides {width}")
     if heads % ranks:
-        raise ConfigError(f"--strategy tensor gives each worker whole heads, but --heads "
-                          f"{heads} cannot be split over --workers {ranks}: use a number of "
-                          f"workers that divides {heads}")
+        raise ConfigError(f"--strategy {strategy} gives each {who} whole heads, but --heads "
+                          f"{heads} cannot be split over {flag} {ranks}: use {what} that "
+                          f"divides {heads}")
     if sequence_parallel:
-        seq.check_sequence(sequence, ranks)
+        seq.check_sequence(sequence, ranks, flag)
 
 
-def parallelize(model: gpt.GPT, rank: int, ranks: int, group=None,
+def parallelize(model: nn.Sequential, rank: int, ranks: int, group=None,
                 sequence_parallel: bool = False, regather: bool = True) -> TensorParallelGPT:
-    """Tensor rank ``rank``'s part of the unsplit ``model`` (whose blocks it reuses)."""
-    layers = list(model)
-    blocks = layers[1:-1]
-    check_splittable(blocks[0].norm1.normalized_shape[0], blocks[0].attention.heads,
-                     layers[0].position.num_embeddings, ranks, sequence_parallel)
-    return TensorParallelGPT([layers[0], *(ParallelBlock(b, rank, ranks, group, sequence_parallel,
-                                                         regather) for b in blocks),
-                              layers[-1]], group, sequence_parallel)
+    """Tensor rank ``rank``'s part of the unsplit ``model`` — the whole GPT or a slice of
+    it (``gpt[a:b]``, a pipeline stage) — whose other layers it reuses."""
+    blocks = [layer for layer in model if isinstance(layer, gpt.Block)]
+    if blocks:
+        check_splittable(blocks[0].norm1.normalized_shape[0], blocks[0].attention.heads,
+                         0, ranks)
+    return TensorParallelGPT(OrderedDict(
+        (name, ParallelBlock(layer, rank, ranks, group, sequence_parallel, regather)
+         if isinstance(layer, gpt.Block) else layer) for name, layer in model.named_children()),
+        group, sequence_parallel)
 
 
 def splits(model: nn.Module) -> dict[str, Split]:
@@ -200,10 +211,11 @@ def _gather(part: torch.Tensor, split: Split, group) -> torch.Tensor:
     return split.join(parts)
 
 
-def full_state_dict(model: TensorParallelGPT) -> dict:
-    """The unsplit GPT's state_dict, gathered from every rank (every rank calls it)."""
-    cut = splits(model)
-    return {key: (_gather(value, cut[key], model.group) if key in cut else value)
+def full_state_dict(model: nn.Module, group=None) -> dict:
+    """The unsplit GPT's (or stage's) state_dict, gathered from every rank of the tensor
+    ``group`` (by default the model's; every rank calls it)."""
+    cut, group = splits(model), model.group if group is None else group
+    return {key: (_gather(value, cut[key], group) if key in cut else value)
             .detach().cpu().clone() for key, value in model.state_dict().items()}
 
 
@@ -212,12 +224,14 @@ def _parameter_splits(model: nn.Module) -> list[Split | None]:
     return [cut.get(name) for name, _ in model.named_parameters()]
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer, model: TensorParallelGPT,
+def full_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module,
                          world_size: int, group=None) -> dict:
-    """The optimizer state of the unsplit GPT: each per-parameter tensor (Adam's moments)
-    gathered like its parameter (every rank calls it)."""
+    """The optimizer state of the unsplit GPT (or stage): each per-parameter tensor (Adam's
+    moments) gathered like its parameter over the tensor ``group`` (by default the
+    model's; every rank calls it)."""
     state, cut = optimizer.state_dict(), _parameter_splits(model)
-    full = {index: {key: (_gather(value, cut[index], model.group)
+    group = model.group if group is None else group
+    full = {index: {key: (_gather(value, cut[index], group)
                           if cut[index] is not None and value.dim() > 0 else value)
                     for key, value in values.items()}
             for index, values in state["state"].items()}

@@ -6,6 +6,7 @@ strategy resumes under any other. Each strategy has one adapter:
 
 * :class:`Replica` — the worker holds the whole model (single, data parallelism);
 * :class:`Stages` — the worker holds consecutive layers ``start … end − 1`` (pipelines);
+* :class:`TensorStages` — a stage's layers, split over its tensor ranks (the 3-D grid);
 * :class:`TensorShards` — the worker holds 1/K of each split layer (tensor parallelism);
 * :class:`ZeroShards` — the worker holds 1/K of the flat parameters and optimizer state (ZeRO).
 * :class:`ShardedOptimizer` — the whole model, 1/K of the optimizer state (torch-zero1);
@@ -25,6 +26,7 @@ from torch import nn
 from .. import checkpoint
 from ..data_parallel import zero_state
 from ..model_parallel import tensor as tensor_parallel
+from ..model_parallel import tensor_gpt
 
 
 def cpu_state(module: nn.Module) -> dict:
@@ -50,7 +52,7 @@ class Replica:
 
 class Stages:
     """A pipeline stage's layers (``start … end − 1``, or an interleaved stage's chunks);
-    replica 0's stages make the unsplit model.
+    the stages on the workers ``holders`` (replica 0's, in order) make the unsplit model.
 
     The optimizer over this stage's parameters numbers them 0, 1, …; ``indices[i]`` is
     the unsplit model's number of parameter i (:func:`parcourse.checkpoint.merge_optimizer_states`):
@@ -59,19 +61,22 @@ class Stages:
     """
 
     def __init__(self, part: nn.Module, optimizer: torch.optim.Optimizer | None,
-                 indices: list[int], stages: int, rank: int, world_size: int):
+                 indices: list[int], holders: list[int], rank: int, world_size: int):
         self.part, self.optimizer, self.indices = part, optimizer, list(indices)
-        self.stages, self.rank, self.world_size = stages, rank, world_size
+        self.holders, self.rank, self.world_size = list(holders), rank, world_size
+
+    def stage_state(self) -> tuple[dict, dict | None]:
+        """This stage's unsplit layers: their state_dict and optimizer state."""
+        return (cpu_state(self.part),
+                self.optimizer.state_dict() if self.optimizer is not None else None)
 
     def full(self):
-        mine = (cpu_state(self.part),
-                self.optimizer.state_dict() if self.optimizer is not None else None,
-                self.indices)
+        mine = (*self.stage_state(), self.indices)   # may use collectives: every worker
         gathered = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(mine, gathered, dst=0)
         if self.rank != 0:
             return None
-        first_replica = gathered[:self.stages]
+        first_replica = [gathered[r] for r in self.holders]
         model_state = {k: v for state, _, _ in first_replica for k, v in state.items()}
         # in the unsplit model's order: by layer (an interleaved stage holds layers that
         # are not consecutive), each layer's keys as its stage lists them
@@ -80,10 +85,41 @@ class Stages:
             [o for _, o, _ in first_replica], [i for _, _, i in first_replica])
 
     def load(self, saved: dict) -> None:
-        self.part.load_state_dict({key: saved["model"][key] for key in self.part.state_dict()})
+        model_state = {key: saved["model"][key] for key in self.part.state_dict()}
+        optimizer_state = (checkpoint.split_optimizer_state(saved["optimizer"], 0, 0,
+                                                            self.indices)
+                           if self.optimizer is not None else None)
+        self.load_stage(model_state, optimizer_state)
+
+    def load_stage(self, model_state: dict, optimizer_state: dict | None) -> None:
+        """Put this stage's unsplit layers' state into it."""
+        self.part.load_state_dict(model_state)
         if self.optimizer is not None:
-            self.optimizer.load_state_dict(checkpoint.split_optimizer_state(
-                saved["optimizer"], 0, 0, self.indices))
+            self.optimizer.load_state_dict(optimizer_state)
+
+
+class TensorStages(Stages):
+    """A stage of the 3-D grid: its layers split over the stage's tensor ranks
+    (:mod:`parcourse.model_parallel.tensor_gpt`), gathered within the tensor group into
+    the stage's unsplit layers, which :class:`Stages` joins into the whole model."""
+
+    def __init__(self, part: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 indices: list[int], holders: list[int], rank: int, world_size: int,
+                 tensor_rank: int, tensor_ranks: int, group):
+        super().__init__(part, optimizer, indices, holders, rank, world_size)
+        self.tensor_rank, self.tensor_ranks, self.group = tensor_rank, tensor_ranks, group
+
+    def stage_state(self) -> tuple[dict, dict | None]:
+        return (tensor_gpt.full_state_dict(self.part, self.group),
+                tensor_gpt.full_optimizer_state(self.optimizer, self.part, self.tensor_ranks,
+                                                self.group)
+                if self.optimizer is not None else None)
+
+    def load_stage(self, model_state: dict, optimizer_state: dict | None) -> None:
+        mine, cut_optimizer = tensor_gpt.shard_state(model_state, self.part, self.tensor_rank,
+                                                     self.tensor_ranks)
+        super().load_stage(mine, cut_optimizer(optimizer_state)
+                           if optimizer_state is not None else None)
 
 
 class TensorShards:

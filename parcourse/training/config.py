@@ -72,6 +72,8 @@ class TrainConfig:
     """Micro-batches per step whose gradients are accumulated (one process)."""
     stages: int = 0
     """Pipeline stages (0: the strategy's default)."""
+    tensor: int = 0
+    """3-D grid: tensor ranks T per stage (0: the strategy's default, 2); R = K/(P·T)."""
     microbatches: int = 1
     """Micro-batches per step in a pipeline (1: the naive layer split)."""
     chunks: int = 0

@@ -1,5 +1,6 @@
-"""Pipelines and data × pipeline grids (chapters 3–5): ``pipeline-gpipe``,
-``pipeline-1f1b`` and ``dp-pp``.
+"""Pipelines, data × pipeline grids and the 3-D grid (chapters 3–5): ``pipeline-gpipe``,
+``pipeline-1f1b``, ``pipeline-interleaved``, ``pipeline-zb-h1``, ``dp-pp`` and
+``dp-pp-tp``.
 
 Every worker builds the whole model from the same seed and keeps only its stage, so the
 parts start exactly as the single-device model does. Worker ``rank`` is stage s of
@@ -10,6 +11,16 @@ full batch's gradient. After the backward pass, a weight that two stages hold (t
 token table: embeddings on the first stage, head on the last) has its two gradients summed
 between those stages of each replica (Megatron-LM's "embedding group"), then the workers
 that hold the same stage all-reduce (sum) their gradients within their data-parallel group.
+
+``dp-pp-tp`` splits each stage of the GPT over T tensor ranks as ``--strategy tensor``
+splits the whole model (:mod:`parcourse.model_parallel.tensor_gpt`): worker ``rank`` is
+tensor rank t of stage s of replica r (:class:`~parcourse.grid.Grid`, R = K/(P·T)). Tensor
+rank t of stage s talks to tensor rank t of stages s ± 1 only; every tensor rank of a
+stage sends the same activation (with ``--sequence-parallel``, its 1/T of the positions).
+The tied table's gradients are summed between the first and last stage of each (replica,
+tensor rank), the data-parallel sums run within each (stage, tensor rank)'s group, and
+with sequence parallelism the sequence region's gradients are summed over the stage's
+tensor group first.
 The schedules and the stage that runs them are :mod:`parcourse.model_parallel.pipeline`.
 
 For the GPT the messages between stages are (micro-batch, T, width) activations in
@@ -29,10 +40,10 @@ from .. import data as datasets
 from .. import launch
 from ..errors import ConfigError
 from ..grid import Grid
-from ..model_parallel import partition, pipeline, schedules
+from ..model_parallel import partition, pipeline, schedules, tensor_gpt
 from ..model_parallel.messages import RECEIVES
 from ..models import build_model, sizes_of
-from .adapters import Stages
+from .adapters import Stages, TensorStages
 from .config import TrainConfig
 from .loop import make_optimizer
 from .registry import PIPELINED, Strategy, register
@@ -46,6 +57,7 @@ class Pipeline:
     schedule: str        # a name of parcourse.model_parallel.schedules.SCHEDULES
     replicated: bool     # several replicas of the pipeline (then 2 stages by default)
     summary: str
+    tensor: bool = False  # each stage split over --tensor ranks (the GPT only)
 
 
 PIPELINES = {
@@ -57,8 +69,11 @@ PIPELINES = {
                                "ZB-H1: backward split into input and weight gradients, the "
                                "weight gradients moved into the bubble"),
     "dp-pp": Pipeline("1f1b", True, "replicas × 1F1B pipeline stages"),
+    "dp-pp-tp": Pipeline("1f1b", True, "the 3-D grid: replicas × 1F1B stages × Megatron "
+                         "tensor ranks (--stages P --tensor T)", tensor=True),
 }
 DEFAULT_CHUNKS = 2  # pipeline-interleaved without --chunks
+DEFAULT_TENSOR = 2  # dp-pp-tp without --tensor
 
 
 def check_microbatches(batch_size: int, replicas: int, microbatches: int) -> None:
@@ -85,19 +100,21 @@ def _sum_gradients(module: torch.nn.Module, group) -> None:
 
 
 def tied_groups(grid: Grid, ties: list[tuple[int, str, int, str]]) -> dict:
-    """``{(replica, tie): process group}`` of the two stages of each replica that hold one
-    tied weight (:func:`parcourse.model_parallel.partition.tied_across_stages`). Every worker
-    calls this, in the same order (``torch.distributed.new_group`` needs it)."""
-    return {(r, i): dist.new_group([grid.rank(r, a), grid.rank(r, b)])
-            for r in range(grid.replicas) for i, (a, _, b, _) in enumerate(ties)}
+    """``{(replica, tensor rank, tie): process group}`` of the two stages of each replica
+    (and tensor rank) that hold one tied weight
+    (:func:`parcourse.model_parallel.partition.tied_across_stages`). Every worker calls
+    this, in the same order (``torch.distributed.new_group`` needs it)."""
+    return {(r, t, i): dist.new_group([grid.rank(r, a, t), grid.rank(r, b, t)])
+            for r in range(grid.replicas) for t in range(grid.tensor)
+            for i, (a, _, b, _) in enumerate(ties)}
 
 
-def _sum_tied(part: torch.nn.Module, stage: int, replica: int, ties, groups) -> None:
+def _sum_tied(part: torch.nn.Module, where, ties, groups) -> None:
     """Sum the gradients of the tied weights this stage holds with the other stage's."""
     for i, (a, name_a, b, name_b) in enumerate(ties):
-        if stage in (a, b):
-            weight = part.get_parameter(name_a if stage == a else name_b)
-            dist.all_reduce(weight.grad, group=groups[replica, i])
+        if where.stage in (a, b):
+            weight = part.get_parameter(name_a if where.stage == a else name_b)
+            dist.all_reduce(weight.grad, group=groups[where.replica, where.tensor, i])
 
 
 def chunks_of(config: TrainConfig) -> int:
@@ -118,8 +135,10 @@ class PipelineWorker:
 
     def __init__(self, config: TrainConfig, rank: int, world_size: int, dataset, model,
                  t0: float):
-        grid = Grid.of(world_size, stages=config.stages)
+        grid = Grid.of(world_size, stages=config.stages, tensor=tensor_of(config))
         where, device = grid.position(rank), launch.device()
+        tensor_groups = grid.tensor_groups()
+        self.tensor_group = tensor_groups[where.replica, where.stage]
         name, chunks = PIPELINES[config.strategy].schedule, chunks_of(config)
         micro_size = config.batch_size // (grid.replicas * config.microbatches)
         example = dataset.train_x[:micro_size]  # one micro-batch: shapes and layer times
@@ -132,11 +151,18 @@ class PipelineWorker:
         shapes = partition.boundary_shapes(model, ranges, example)
         modules = [model[slice(*ranges[c * grid.stages + where.stage])].to(device)
                    for c in range(chunks)]
+        if grid.tensor > 1:  # each chunk's blocks split by heads and columns
+            modules = [tensor_gpt.parallelize(m, where.tensor, grid.tensor, self.tensor_group,
+                                              config.sequence_parallel) for m in modules]
+            if config.sequence_parallel:  # between stages: this rank's 1/T of the positions
+                shapes = [shapes[0], *(torch.Size((n, s // grid.tensor, *rest))
+                                       for n, s, *rest in shapes[1:-1]), shapes[-1]]
         # this stage's layers under their own names: its state, parameters and optimizer
         self.part = type(model)(OrderedDict((k, m) for module in modules
                                             for k, m in module.named_children()))
         self.runner = pipeline.PipelineStage(
-            modules, where.stage, grid.stages, grid.pipeline_ranks(where.replica), shapes,
+            modules, where.stage, grid.stages, grid.pipeline_ranks(where.replica, where.tensor),
+            shapes,
             device, dtype_of(config), split_backward=name in schedules.SPLIT_BACKWARD,
             receives=config.receives)
         self.groups = grid.data_parallel_groups()
@@ -146,13 +172,21 @@ class PipelineWorker:
         self.tied = tied_groups(grid, self.ties)
         self.actions = schedules.schedule(name, where.stage, grid.stages, config.microbatches,
                                           chunks)
-        self.trainable = list(self.part.parameters())
+        named = list(self.part.named_parameters())
+        self.trainable = [p for _, p in named]
         self.optimizer = (make_optimizer(config.optimizer, self.trainable, config.lr)
                           if self.trainable else None)
-        number = {id(p): i for i, p in enumerate(model.parameters())}  # in the unsplit model
-        self.adapter = Stages(self.part, self.optimizer,
-                              [number[id(p)] for p in self.trainable], grid.stages, rank,
-                              world_size)
+        # each parameter's number in the unsplit model: the same object (a tied weight is
+        # registered under another name on the last stage) or, split, the same name
+        number = {key: i for i, (name, p) in enumerate(model.named_parameters())
+                  for key in (id(p), name)}
+        indices = [number.get(id(p), number.get(name)) for name, p in named]
+        holders = grid.pipeline_ranks(0)
+        self.adapter = (Stages(self.part, self.optimizer, indices, holders, rank, world_size)
+                        if grid.tensor == 1 else
+                        TensorStages(self.part, self.optimizer, indices, holders, rank,
+                                     world_size, where.tensor, grid.tensor, self.tensor_group))
+        self.modules = modules
         self.config, self.dataset, self.grid, self.where = config, dataset, grid, where
         self.device, self.t0, self.timeline = device, t0, []
 
@@ -171,12 +205,15 @@ class PipelineWorker:
             targets=[dataset.train_y[i].to(self.device) for i in micro] if last else None,
             weights=[len(i) / config.batch_size for i in micro])
         if self.trainable:
-            _sum_tied(self.part, where.stage, where.replica, self.ties, self.tied)
+            if config.sequence_parallel:
+                for module in self.modules:
+                    module.sum_sequence_gradients()
+            _sum_tied(self.part, where, self.ties, self.tied)
             if grid.replicas > 1:
-                _sum_gradients(self.part, self.groups[where.stage, 0])
+                _sum_gradients(self.part, self.groups[where.stage, where.tensor])
             self.optimizer.step()
         self.timeline.extend(events)
-        return loss
+        return loss if where.tensor == 0 else 0.0  # a stage's tensor ranks share one loss
 
 
 def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
@@ -194,11 +231,11 @@ def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
                        gathered, dst=0)
     if rank != 0:
         return None
-    stages = worker.grid.stages
+    stages = [gathered[r] for r in worker.grid.pipeline_ranks(0)]  # replica 0, tensor rank 0
     return result(config, full[0], losses, seconds, dataset,
-                  timeline=[e for events, _, _ in gathered[:stages] for e in events],
-                  peak_in_flight=[peak for _, peak, _ in gathered[:stages]],
-                  messages=[e for _, _, log in gathered[:stages] for e in log],
+                  timeline=[e for events, _, _ in stages for e in events],
+                  peak_in_flight=[peak for _, peak, _ in stages],
+                  messages=[e for _, _, log in stages for e in log],
                   stage_layers=worker.ranges)
 
 
@@ -213,8 +250,16 @@ def stages_of(config: TrainConfig) -> int:
     return config.stages or (2 if PIPELINES[config.strategy].replicated else config.workers)
 
 
+def tensor_of(config: TrainConfig) -> int:
+    """``--tensor``, or by default 2 for the 3-D grid (1: no tensor split)."""
+    if not PIPELINES[config.strategy].tensor:
+        return 1
+    return config.tensor or DEFAULT_TENSOR
+
+
 def _prepare(config: TrainConfig) -> TrainConfig:
-    return config if config.stages else replace(config, stages=stages_of(config))
+    return replace(config, stages=stages_of(config),
+                   tensor=tensor_of(config) if PIPELINES[config.strategy].tensor else 0)
 
 
 def layers_of(config: TrainConfig) -> str:
@@ -241,7 +286,12 @@ def _check(config: TrainConfig) -> None:
                           f"chunks is more than the {len(model)} layers of {layers_of(config)}: "
                           f"each chunk needs at least one layer, so use --chunks "
                           f"{len(model) // stages} or fewer")
-    grid = Grid.of(config.workers, stages=stages)
+    if config.tensor < 0:
+        raise ConfigError(f"--tensor must be at least 1 (got {config.tensor})")
+    grid = Grid.of(config.workers, stages=stages, tensor=tensor_of(config))
+    if PIPELINES[config.strategy].tensor:
+        tensor_gpt.check_splittable(config.width, config.heads, config.sequence, grid.tensor,
+                                    config.sequence_parallel, "--tensor", config.strategy)
     check_microbatches(config.batch_size, grid.replicas, config.microbatches)
     schedules.check_schedule(PIPELINES[config.strategy].schedule, stages, config.microbatches,
                              chunks)
@@ -253,5 +303,7 @@ def _check(config: TrainConfig) -> None:
 for _name, _pipeline in PIPELINES.items():
     register(Strategy(_name, train_pipeline, _pipeline.summary,
                       options=("stages", "microbatches", "partition", "receives",
-                               *(("chunks",) if _pipeline.schedule == "interleaved" else ())),
-                      batch=PIPELINED, family="pipeline", check=_check, prepare=_prepare))
+                               *(("chunks",) if _pipeline.schedule == "interleaved" else ()),
+                               *(("tensor", "sequence_parallel") if _pipeline.tensor else ())),
+                      batch=PIPELINED, family="pipeline", check=_check, prepare=_prepare,
+                      models=("gpt",) if _pipeline.tensor else None))

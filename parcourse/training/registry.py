@@ -26,7 +26,7 @@ from ..models import MODELS, SIZES, build_model, sizes_of
 from .config import DATASETS, DTYPES, MODEL_DATASETS, OPTIMIZERS, TrainConfig, TrainResult
 
 # Options that only some strategies take; every other field of TrainConfig applies to all.
-SPECIFIC = ("allreduce", "bucket_kb", "fp16_allreduce", "accumulation", "stages",
+SPECIFIC = ("allreduce", "bucket_kb", "fp16_allreduce", "accumulation", "stages", "tensor",
             "microbatches", "chunks", "partition", "receives", "recompute", "precision",
             "reshard_after_forward", "sequence_parallel")
 # Of those, the ones that tune how a strategy runs, not what it computes: a strategy that
@@ -39,8 +39,6 @@ EQUAL = "equal shards"          # averages K local means: needs K | B
 WEIGHTED = "weighted shards"    # weights shard k by B_k / B: any B ≥ K
 WHOLE = "the whole batch"       # every worker sees the whole batch (one worker, or tensor)
 PIPELINED = "micro-batches"     # replicas' shards, cut into micro-batches
-# Why a model is not (yet) trained by the strategies that do not declare it.
-NOT_BUILT: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -206,10 +204,8 @@ def _check_model(config: TrainConfig, check) -> None:
               f"use at most {longest}")
     strategy = REGISTRY[config.strategy]
     if strategy.models is not None and model not in strategy.models:
-        names = [n for n, s in REGISTRY.items() if s.models is None or model in s.models]
-        check(False, f"--model {model} works with --strategy {', '.join(names)} (got "
-                     f"--strategy {config.strategy})"
-                     + (f": {NOT_BUILT[model]}" if model in NOT_BUILT else ""))
+        check(False, f"--strategy {config.strategy} trains --model "
+                     f"{' or '.join(strategy.models)} only (got --model {model})")
 
 
 def _check_shards(config: TrainConfig, strategy: Strategy, check) -> None:

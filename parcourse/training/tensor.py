@@ -75,5 +75,4 @@ def _check(config: TrainConfig) -> None:
 
 register(Strategy("tensor", train_tensor, "Megatron column/row split of each MLP block and, "
                   "for the GPT, of the attention by heads",
-                  options=("sequence_parallel",), batch=WHOLE, check=_check,
-                  models=("simple", "complex", "gpt")))
+                  options=("sequence_parallel",), batch=WHOLE, check=_check))

@@ -194,7 +194,7 @@ def test_torchrun_restarts_a_killed_worker_from_the_checkpoint(tmp_path, strateg
         stdout, stderr = torchrun.communicate(timeout=300)
     finally:
         torchrun.kill()
-    assert torchrun.returncode == 0, stderr[-3000:]
+    assert torchrun.returncode == 0, stderr[:3000] + "\n…\n" + stderr[-3000:]
     assert "failed (exitcode: -9)" in stderr  # a worker died, and yet the job succeeded
     restarted = torch.load(out, weights_only=True)
     compare.assert_close(restarted, torch.load(reference, weights_only=True))

@@ -136,6 +136,28 @@ def test_the_tiny_gpt_learns_below_the_uniform_loss():
     (dict(model="gpt", sequence=10 ** 6),
      f"--sequence 1000000 is longer than the text's test part allows: use at most "
      f"{text_max_sequence()}"),
+    (dict(model="gpt", strategy="dp-pp-tp", workers=6),
+     "--workers 6 does not fit --stages 2 × --tensor 2 × replicas: use a multiple of 4 "
+     "workers"),
+    (dict(model="gpt", strategy="dp-pp-tp", workers=4, stages=1, tensor=4),
+     "--strategy dp-pp-tp gives each tensor rank whole heads, but --heads 2 cannot be split "
+     "over --tensor 4: use a --tensor that divides 2"),
+    (dict(model="gpt", strategy="dp-pp-tp", workers=4, width=30, heads=6, stages=1, tensor=4),
+     "--strategy dp-pp-tp splits the GPT's --width 30 over --tensor 4: use a --tensor that "
+     "divides 30"),
+    (dict(model="gpt", strategy="dp-pp-tp", workers=4, stages=1, tensor=4, heads=4,
+          sequence=30, sequence_parallel=True),
+     "--sequence-parallel splits each window of --sequence 30 tokens over --tensor 4: use a "
+     "--sequence that is a multiple of 4, e.g. 28 or 32"),
+    (dict(model="gpt", strategy="dp-pp-tp", workers=4, tensor=-1),
+     "--tensor must be at least 1 (got -1)"),
+    (dict(model="gpt", strategy="dp-pp", workers=4, tensor=2),
+     "--tensor works with --strategy dp-pp-tp (got --strategy dp-pp)"),
+    (dict(strategy="dp-pp-tp", workers=4),
+     "--strategy dp-pp-tp trains --model gpt only (got --model simple)"),
+    (dict(model="gpt", strategy="dp-pp-tp", workers=16, stages=5, tensor=2),
+     "--stages 5 is more than the 4 layers of --model gpt (the embeddings, --layers 2 blocks "
+     "and the head): each stage needs at least one layer, so use --stages 4 or fewer"),
     (dict(model="gpt", strategy="dp-pp", workers=4, stages=4, layers=1),
      "--stages 4 is more than the 3 layers of --model gpt (the embeddings, --layers 1 blocks "
      "and the head): each stage needs at least one layer, so use --stages 3 or fewer"),
