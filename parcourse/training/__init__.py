@@ -12,7 +12,7 @@ importing this package imports them all, in the order the command line lists the
 * strategies: :mod:`.single`, :mod:`.ddp` (ddp, dp-manual, dp-bucketed), :mod:`.zero`
   (zero1, zero2, zero3), :mod:`.fsdp`, :mod:`.torch_zero` (torch-zero1), :mod:`.horovod`,
   :mod:`.horovod_elastic`, :mod:`.pipeline` (pipeline-gpipe, pipeline-1f1b,
-  pipeline-interleaved, pipeline-zb-h1, dp-pp),
+  pipeline-interleaved, pipeline-zb-h1, dp-pp, dp-pp-tp),
   :mod:`.tensor`.
 """
 

@@ -63,7 +63,7 @@ def test_pipeline_under_torchrun(tmp_path, single):
      "make them equal, or use --strategy dp-pp for several pipeline replicas"),
     (["--strategy", "ddp", "--workers", "2", "--microbatches", "2"],
      "--microbatches works with the pipeline strategies (pipeline-gpipe, pipeline-1f1b, "
-     "pipeline-interleaved, pipeline-zb-h1, dp-pp), not --strategy ddp"),
+     "pipeline-interleaved, pipeline-zb-h1, dp-pp, dp-pp-tp), not --strategy ddp"),
     (["--strategy", "tensor", "--workers", "3"],
      "layer 1 has 64 features, which cannot be split evenly over 3 workers: use a number of "
      "workers that divides 64"),

@@ -73,7 +73,7 @@ def test_float32_zero3_stays_within_the_noise_floor_measured_in_this_run(tmp_pat
            "or native"),
     (["--strategy", "zero3", "--workers", "2", "--stages", "2"],
      ERR + "--stages works with the pipeline strategies (pipeline-gpipe, pipeline-1f1b, "
-           "pipeline-interleaved, pipeline-zb-h1, dp-pp), not --strategy zero3"),
+           "pipeline-interleaved, pipeline-zb-h1, dp-pp, dp-pp-tp), not --strategy zero3"),
 ])
 def test_bad_input_is_one_line(args, message):
     done = parcourse("train", *COMMON, *args)
