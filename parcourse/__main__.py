@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"LayerNorm and residual activations along the sequence too: "
                         f"all-gather and reduce-scatter instead of all-reduce, 1/K of the "
                         f"activations (Korthikanti et al., 2022)")
+    t.add_argument("--attention", default=defaults.attention, metavar="KERNEL",
+                   help="--model gpt: compute the heads' attention with torch (the scores "
+                        "kept, S × S per head) or triton (FlashAttention-2 on a CUDA GPU; "
+                        "on a CPU in Triton's interpreter, slowly) (default: %(default)s)")
     t.add_argument("--timeout", type=float, default=defaults.timeout, metavar="SECONDS",
                    help="stop the workers if they have not finished by then (default: %(default)s)")
     t.add_argument("--save", metavar="FILE",

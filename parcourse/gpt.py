@@ -27,6 +27,7 @@ exactly.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,24 +60,45 @@ class CausalSelfAttention(nn.Module):
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)   # W_q, W_k, W_v side by side
         self.out = nn.Linear(width, width)       # W_o
+        self.kernel: Attention = causal_attention  # not a parameter: see use_attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(attend(self.qkv(x), self.heads))
+        return self.out(attend(self.qkv(x), self.heads, self.kernel))
 
 
-def attend(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+# The heads' causal attention: (q, k, v), each (n, H, t, d_h) → (n, H, t, d_h).
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √d_h, later positions masked) v, in plain torch: the scores and the
+    probabilities are (n, H, t, t) tensors kept for backward."""
+    t = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (n, H, t, t)
+    later = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(later, float("-inf")).softmax(dim=-1) @ v
+
+
+def attend(qkv: torch.Tensor, heads: int, kernel: Attention = causal_attention) -> torch.Tensor:
     """The heads' causal attention from their projections: ``qkv`` (n, t, 3·H·d_h) holds
     [q | k | v], each H heads of d_h side by side; returns the heads' outputs side by side,
     (n, t, H·d_h). A tensor-parallel rank calls it with its own heads only
-    (:mod:`parcourse.model_parallel.tensor_gpt`)."""
+    (:mod:`parcourse.model_parallel.tensor_gpt`). ``kernel`` computes it per head:
+    :func:`causal_attention`, or FlashAttention (``--attention triton``)."""
     n, t, _ = qkv.shape
     q, k, v = qkv.chunk(3, dim=-1)
     d = q.shape[-1]
     q, k, v = (z.view(n, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d // heads)             # (n, H, t, t)
-    later = torch.ones(t, t, dtype=torch.bool, device=qkv.device).triu(1)
-    weights = scores.masked_fill(later, float("-inf")).softmax(dim=-1)
-    return (weights @ v).transpose(1, 2).reshape(n, t, d)                # heads side by side
+    return kernel(q, k, v).transpose(1, 2).reshape(n, t, d)              # heads side by side
+
+
+def use_attention(model: nn.Module, kernel: Attention) -> nn.Module:
+    """Let every attention layer of ``model`` compute its heads with ``kernel`` (the same
+    function, another algorithm: the parameters and state_dict do not change)."""
+    for layer in model.modules():
+        if hasattr(layer, "kernel") and hasattr(layer, "heads"):
+            layer.kernel = kernel
+    return model
 
 
 class Block(nn.Module):

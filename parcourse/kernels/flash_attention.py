@@ -50,6 +50,7 @@ up to the order of the float32 sums. Compiled for a GPU, ``UPCAST`` is off.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -192,6 +193,32 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     """
     scale, block_m, block_n = check_inputs(q, k, v, causal, scale, block_m, block_n)
     return FlashAttention.apply(q, k, v, causal, scale, block_m, block_n)
+
+
+def causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal :func:`attention` of (n, H, t, d_h) heads, as the GPT's attention layers call
+    it (``--attention triton``, :func:`parcourse.gpt.use_attention`); the heads are views
+    of the QKV projection, copied to contiguous tensors first."""
+    return attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True)
+
+
+def unsupported(width: int, heads: int, dtype: str, precision: str = "full") -> str | None:
+    """Why ``--attention triton`` cannot train a GPT of ``width`` and ``heads`` in
+    ``dtype`` here (one line), or None."""
+    if not runtime.AVAILABLE:
+        return runtime.INSTALL_HINT
+    if runtime.DEVICE != "cuda" and not runtime.INTERPRETED:
+        return (f"--attention triton runs the Triton kernels on a CUDA GPU or in Triton's "
+                f"interpreter, which TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')} "
+                f"turns off on this machine without one: unset it")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        return (f"--attention triton computes in float32, float16 or bfloat16 (got --dtype "
+                f"{dtype}): use --dtype float32, with --precision bf16 or fp16 for 16-bit "
+                f"products")
+    if width // heads not in HEAD_DIMS:
+        return (f"--attention triton needs a head width (--width / --heads) of "
+                f"{', '.join(map(str, HEAD_DIMS))} (got {width} / {heads} = {width // heads})")
+    return None
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,

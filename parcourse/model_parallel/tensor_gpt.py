@@ -87,7 +87,7 @@ class ShardedAttention(nn.Module):
 
     def __init__(self, attention: gpt.CausalSelfAttention, rank: int, ranks: int):
         super().__init__()
-        self.heads = attention.heads // ranks
+        self.heads, self.kernel = attention.heads // ranks, attention.kernel
         self.qkv = ShardedLinear(attention.qkv, QKV, QKV, rank, ranks)
         self.out = ShardedLinear(attention.out, ROW, None, rank, ranks)
 
@@ -124,7 +124,8 @@ class ParallelBlock(nn.Module):
         return reduce.apply(layer(x, add_bias=False), self.group) + layer.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        heads = gpt.attend(self.column(self.norm1(x), self.attention.qkv), self.attention.heads)
+        heads = gpt.attend(self.column(self.norm1(x), self.attention.qkv), self.attention.heads,
+                           self.attention.kernel)
         x = x + self.row(heads, self.attention.out)
         hidden = self.mlp[1](self.column(self.norm2(x), self.mlp[0]))
         return x + self.row(hidden, self.mlp[2])

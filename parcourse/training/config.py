@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 OPTIMIZERS = ("sgd", "adam")
 DATASETS = ("digits", "mnist", "text")
+ATTENTIONS = ("torch", "triton")
 DTYPES = ("float32", "float64")
 # The data sets each model trains on; the first is its default.
 MODEL_DATASETS = {"simple": ("digits", "mnist"), "complex": ("digits", "mnist"),
@@ -93,6 +94,9 @@ class TrainConfig:
     sequence_parallel: bool = False
     """Tensor parallelism of the GPT: split the LayerNorm and residual activations along
     the sequence too (Korthikanti et al., 2022; :mod:`parcourse.model_parallel.sequence`)."""
+    attention: str = "torch"
+    """The GPT's attention kernel: ``torch`` (:func:`parcourse.gpt.causal_attention`) or
+    ``triton`` (FlashAttention-2, :mod:`parcourse.kernels.flash_attention`)."""
     checkpoint: str | None = None
     """File for checkpoints (:mod:`parcourse.checkpoint`)."""
     checkpoint_every: int = 0

@@ -23,7 +23,7 @@ from ..data_parallel import gradient_sync
 from ..errors import ConfigError
 from .. import recompute as recomputation
 from ..models import MODELS, SIZES, build_model, sizes_of
-from .config import DATASETS, DTYPES, MODEL_DATASETS, OPTIMIZERS, TrainConfig, TrainResult
+from .config import ATTENTIONS, DATASETS, DTYPES, MODEL_DATASETS, OPTIMIZERS, TrainConfig, TrainResult
 
 # Options that only some strategies take; every other field of TrainConfig applies to all.
 SPECIFIC = ("allreduce", "bucket_kb", "fp16_allreduce", "accumulation", "stages", "tensor",
@@ -131,6 +131,7 @@ def validate(config: TrainConfig) -> None:
     for option, choices in (("model", MODELS), ("dataset", DATASETS),
                             ("optimizer", OPTIMIZERS), ("dtype", DTYPES),
                             ("precision", mixed_precision.PRECISIONS),
+                            ("attention", ATTENTIONS),
                             ("backend", launch.BACKENDS)):
         value = getattr(config, option)
         check(value in choices,
@@ -197,6 +198,12 @@ def _check_model(config: TrainConfig, check) -> None:
         check(config.width % config.heads == 0,
               f"--width {config.width} is not divisible by --heads {config.heads}: each head "
               f"takes --width / --heads channels")
+    if config.attention != defaults.attention:
+        check(model == "gpt", f"--attention works with --model gpt (got --model {model})")
+        from ..kernels import flash_attention
+
+        problem = flash_attention.unsupported(config.width, config.heads, config.dtype)
+        check(problem is None, problem or "")
     if config.dataset == "text":
         longest = datasets.text_max_sequence()
         check(config.sequence <= longest,

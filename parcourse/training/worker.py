@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from .. import checkpoint
 from .. import data as datasets
+from ..gpt import use_attention
 from ..models import build_model, sizes_of
 from ..recompute import recompute
 from .config import TrainConfig, TrainResult
@@ -27,12 +28,17 @@ def dtype_of(config: TrainConfig) -> torch.dtype:
 def load_data_and_model(config: TrainConfig, device: torch.device | None = None):
     """A worker's data set and a fresh copy of the whole model, both in ``config.dtype``
     (token ids stay int64; the model on ``device`` when one is given; initial weights from
-    ``config.seed``; each block recomputed in backward with ``config.recompute``)."""
+    ``config.seed``; each block recomputed in backward with ``config.recompute``; the
+    GPT's heads computed by FlashAttention with ``--attention triton``)."""
     dtype = dtype_of(config)
     dataset = datasets.load_dataset(config.dataset, seed=config.seed, dtype=dtype,
                                     sequence=config.sequence)
     model = build_model(config.model, seed=config.seed, dtype=dtype,
                         **sizes_of(config.model, config))
+    if config.attention == "triton":
+        from ..kernels import flash_attention  # imports Triton: only when asked for
+
+        use_attention(model, flash_attention.causal)
     if config.recompute:
         recompute(model)
     return dataset, (model if device is None else model.to(device))
