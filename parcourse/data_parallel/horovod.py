@@ -103,6 +103,22 @@ def start_equal(model: torch.nn.Module, optimizer) -> None:
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
 
+def fresh_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give a fresh Adam the state its first step would create (step 0, zero moments).
+
+    Horovod's elastic ``state.sync()`` calls ``broadcast_optimizer_state`` at every start;
+    given an empty state, that runs a step with zero gradients (point 2 above), which Adam
+    counts as step 1. With this state there is nothing to create: the first real step is
+    step 1, as in one process. SGD needs nothing (its zero step moves nothing, and its
+    momentum buffer starts from the first real gradient either way)."""
+    if optimizer.state or not isinstance(optimizer, torch.optim.Adam):
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            optimizer.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                  "exp_avg_sq": torch.zeros_like(p)}
+
+
 def sum_over_workers(tensor: torch.Tensor) -> None:
     """Sum ``tensor`` over the Horovod workers, in place."""
     import horovod.torch as hvd

@@ -122,6 +122,7 @@ def elastic_worker(config: TrainConfig):
                         world_size=hvd.size(), device=device,
                         sum_over_workers=hvd_dp.sum_over_workers, after_step=after_step)
 
+    hvd_dp.fresh_state(optimizer)  # else sync()'s broadcast would count an Adam step
     state = hvd.elastic.TorchState(model, optimizer, step=0, losses=[])
     state.register_reset_callbacks([announce])
     begin = time.perf_counter()
