@@ -118,7 +118,7 @@ def _precedence(err: Exception) -> tuple[int, int]:
     """Which failure to report: a complete message (say, a diverged loss) before a
     worker's own error, before a peer's "connection closed"; then the lowest rank."""
     if isinstance(err, REPORTED):
-        return 0, err.rank if hasattr(err, "rank") else 0
+        return 0, err.rank
     return (2 if err.peer_failure else 1), err.rank
 
 
@@ -137,7 +137,7 @@ def _poll(processes, receivers, results, progress, wait: float, skip=()) -> list
                 status, payload = _receive(receivers[rank], rank, processes[rank],
                                            len(processes))
             except (WorkerError, *REPORTED) as err:
-                failures.append(err)
+                failures.append(_from_rank(err, rank))
                 continue
             if status == "ok":
                 results[rank] = payload
@@ -148,6 +148,14 @@ def _poll(processes, receivers, results, progress, wait: float, skip=()) -> list
             failures.append(WorkerError(
                 _death_message(rank, len(processes), processes[rank].exitcode), rank))
     return failures
+
+
+def _from_rank(err: Exception, rank: int) -> Exception:
+    """``err`` with the rank that raised it (a worker's ConfigError has none of its own:
+    without it, the wait for the other workers' reports could not skip this one)."""
+    if getattr(err, "rank", None) is None:
+        err.rank = rank
+    return err
 
 
 def describe_timeout(world_size: int, results: dict, progress: dict, timeout: float) -> str:

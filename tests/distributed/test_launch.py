@@ -259,3 +259,14 @@ def test_a_diverged_worker_is_reported_by_the_lowest_rank_as_one_line():
                                "diverged, so it was stopped; lower --lr (it is 0.1) and start "
                                "again")
     assert (info.value.rank, info.value.step) == (0, 3)
+
+
+def test_a_workers_config_error_reaches_the_caller_as_it_is():
+    """A ConfigError raised in a worker comes back unchanged, with that worker's rank,
+    while the launcher waits for the other workers' reports."""
+    from parcourse.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        launch.run(w.refuse_on_rank_one, 2, timeout=60, verbose=False)
+    assert str(info.value) == "--layers 0: a GPT needs at least one block"
+    assert info.value.rank == 1

@@ -45,3 +45,13 @@ def diverge_at_step_three(rank, world_size):
     if rank == 0:
         time.sleep(0.3)
     raise TrainingDiverged(float("nan"), 3, 10, rank, 0.1)
+
+
+def refuse_on_rank_one(rank, world_size):
+    """Rank 1 refuses its configuration at once; rank 0 finishes a moment later."""
+    from parcourse.errors import ConfigError
+
+    if rank == 1:
+        raise ConfigError("--layers 0: a GPT needs at least one block")
+    time.sleep(0.5)
+    return rank
