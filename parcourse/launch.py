@@ -28,8 +28,12 @@ named, and workers still running after ``timeout`` seconds are stopped with
 (:mod:`parcourse.launch_reports`). In every case all workers are stopped before ``run``
 returns.
 
-Spawned workers import ``fn`` afresh, so it must live in an importable module (the
-``parcourse`` package or a ``.py`` file), not in a notebook cell.
+Spawned workers are fresh processes. ``fn`` and ``args`` reach them *by value*, with
+cloudpickle (the serializer Ray, Dask and joblib use for the same purpose): a function
+written in a notebook cell, a lambda or a closure runs on K processes as well as one
+imported from a module (which travels by reference, by its import path). What cannot
+travel is refused before any process starts: an open file, a lock, a socket — anything
+that exists only in this process.
 
 Spawned workers are reachable from this machine only: their rendezvous store and their
 gloo or NCCL sockets listen on the loopback interface (:mod:`parcourse.loopback`).
@@ -122,7 +126,7 @@ def run(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
     if under_torchrun():
         return _run_here_under_torchrun(fn, world_size, args, backend, timeout)
     chosen, reason = choose_backend(world_size, backend)
-    _check_importable(fn, args)
+    payload = pack(fn, args)
     warning = memory_warning(world_size)
     if warning:
         print(f"parcourse.launch: warning: {warning}", file=sys.stderr, flush=True)
@@ -130,26 +134,26 @@ def run(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
         where = "GPU processes with nccl" if chosen == "nccl" else "CPU processes with gloo"
         print(f"parcourse.launch: {count(world_size, 'worker')} as {where} ({reason})",
               flush=True)
-    return _spawn(fn, world_size, args, chosen, timeout)
+    return _spawn(payload, world_size, chosen, timeout)
 
 
-def _check_importable(fn: Callable, args: tuple) -> None:
-    main = sys.modules.get("__main__")
-    if getattr(fn, "__module__", None) == "__main__" and not hasattr(main, "__file__"):
-        raise TypeError(
-            f"{getattr(fn, '__qualname__', fn)!r} is defined in an interactive session, "
-            f"but workers are fresh processes that must import it: move it into a .py "
-            f"module (for example next to the notebook) and import it from there")
+def pack(fn: Callable, args: tuple) -> bytes:
+    """``(fn, args)`` as bytes for the workers: cloudpickle keeps importable functions and
+    classes by reference and pickles those of ``__main__`` (a notebook, a script) and
+    lambdas and closures by value. TypeError, before any process starts, for what cannot
+    be shipped."""
+    import cloudpickle
+
     try:
-        pickle.dumps((fn, args))
+        return cloudpickle.dumps((fn, args))
     except Exception as err:
         raise TypeError(f"workers cannot receive {getattr(fn, '__qualname__', fn)!r} and its "
-                        f"arguments: they must be "
-                        f"picklable (a module-level function, not a lambda or closure): "
-                        f"{err}") from None
+                        f"arguments: a worker is a fresh process, so they are shipped by value, "
+                        f"and this failed ({err}); pass what the worker needs to build it "
+                        f"(a path, not an open file; no locks, sockets or processes)") from None
 
 
-def _spawn(fn: Callable, world_size: int, args: tuple, backend: str, timeout: float) -> list:
+def _spawn(payload: bytes, world_size: int, backend: str, timeout: float) -> list:
     store = loopback.store(timeout + LATER_SECONDS)
     context = get_context("spawn")
     threads = threads_per_worker(world_size)
@@ -159,7 +163,7 @@ def _spawn(fn: Callable, world_size: int, args: tuple, backend: str, timeout: fl
             receiver, sender = context.Pipe(duplex=False)
             process = context.Process(
                 target=_worker_main, name=f"parcourse-worker-{rank}",
-                args=(fn, args, rank, world_size, backend, store.port, timeout, threads,
+                args=(payload, rank, world_size, backend, store.port, timeout, threads,
                       sender, os.getpid()))
             process.start()
             sender.close()
@@ -212,13 +216,14 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_main(fn, args, rank, world_size, backend, port, timeout, threads, sender,
+def _worker_main(payload, rank, world_size, backend, port, timeout, threads, sender,
                  parent_pid) -> None:
     global _device
     _die_with_parent(parent_pid)
     torch.set_num_threads(threads)
     try:
         sender.send_bytes(pickle.dumps(("started", None)))
+        fn, args = pickle.loads(payload)  # what pack() wrote (cloudpickle's output loads so)
         if backend == "nccl":
             torch.cuda.set_device(rank)
             _device = torch.device("cuda", rank)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import torch
@@ -62,7 +63,8 @@ def argument_errors() -> list[tuple[str, Exception]]:
         "launch.run(fn, 2, timeout=0)": lambda: launch.run(raise_on_rank_one, 2, timeout=0),
         "launch.run(fn, 2, backend='mpi')": lambda: launch.run(raise_on_rank_one, 2,
                                                                backend="mpi"),
-        "launch.run(lambda r, k: r, 2)": lambda: launch.run(lambda r, k: r, 2),
+        "launch.run(fn, 2, args=(threading.Lock(),))": lambda: launch.run(
+            raise_on_rank_one, 2, args=(threading.Lock(),)),
         "launch.choose_backend(4, 'nccl', gpus=1)": lambda: launch.choose_backend(4, "nccl",
                                                                                   gpus=1),
         "collectives.all_reduce(t, 'star')": lambda: collectives.all_reduce(torch.ones(1),

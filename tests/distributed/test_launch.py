@@ -192,21 +192,42 @@ def test_unknown_backend_is_refused():
         launch.run(w.rank_sum, 2, backend="mpi")
 
 
-def test_function_from_an_interactive_session_gets_advice(monkeypatch):
+def test_a_function_written_in_a_notebook_cell_runs_on_two_workers(monkeypatch):
+    """A cell's function lives in a ``__main__`` without a file, which the workers cannot
+    import: it travels by value, with what it uses from the cell (here a constant and a
+    class defined next to it)."""
     monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+    scale = 10
+
+    class Reply:
+        def __init__(self, value):
+            self.value = value
 
     def cell_function(rank, world_size):
-        return rank
+        import torch.distributed as dist
+
+        return Reply(scale * rank + dist.get_world_size()).value
 
     cell_function.__module__ = "__main__"
-    with pytest.raises(TypeError, match="is defined in an interactive session, but workers "
-                                        "are fresh processes that must import it"):
-        launch.run(cell_function, 2, verbose=False)
+    assert launch.run(cell_function, 2, verbose=False) == [2, 12]
 
 
-def test_lambda_is_refused_with_advice():
-    with pytest.raises(TypeError, match="must be picklable"):
-        launch.run(lambda rank, world_size: rank, 2, verbose=False)
+def test_a_lambda_and_its_arguments_travel_by_value():
+    offsets = {"offset": 5}
+    assert launch.run(lambda rank, world_size, o: rank + o["offset"], 2, args=(offsets,),
+                      verbose=False) == [5, 6]
+
+
+def test_what_cannot_travel_is_refused_before_any_worker_starts():
+    import threading
+
+    with pytest.raises(TypeError) as info:
+        launch.run(w.rank_sum, 2, args=(threading.Lock(),), verbose=False)
+    assert str(info.value) == (
+        "workers cannot receive 'rank_sum' and its arguments: a worker is a fresh process, so "
+        "they are shipped by value, and this failed (cannot pickle '_thread.lock' object); "
+        "pass what the worker needs to build it (a path, not an open file; no locks, sockets "
+        "or processes)")
 
 
 def test_workers_that_never_started_are_told_from_a_hang():
