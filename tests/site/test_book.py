@@ -200,3 +200,51 @@ def test_binder_installs_cpu_torch_and_the_package_with_its_lower_bounds():
     post_build = ROOT / "binder/postBuild"
     assert post_build.stat().st_mode & 0o111  # Binder runs it as a program
     assert "pip install --no-cache-dir --no-deps ." in post_build.read_text()
+
+
+# --- what a reader sees: tables and flags ------------------------------------------------
+
+class VisibleText(HTMLParser):
+    """The text of a page outside code (<pre>, <code>, scripts and styles), and its tables."""
+
+    SKIP = {"pre", "code", "script", "style"}
+
+    def __init__(self):
+        super().__init__()
+        self.depth, self.text, self.tables = 0, [], 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.SKIP:
+            self.depth += 1
+        self.tables += tag == "table"
+
+    def handle_endtag(self, tag):
+        if tag in self.SKIP:
+            self.depth -= 1
+
+    def handle_data(self, data):
+        if self.depth == 0:
+            self.text.append(data)
+
+
+def visible(page: Path) -> VisibleText:
+    parser = VisibleText()
+    parser.feed(page.read_text())
+    return parser
+
+
+@pytest.mark.parametrize("docname", TOC_PAGES)
+def test_tables_from_code_render_as_tables_and_flags_keep_two_hyphens(built_html, docname):
+    """A Markdown table that a cell outputs is a table, not a run of "|" (myst-nb parses
+    outputs as CommonMark unless told otherwise), and "--flag" is not turned into an en
+    dash by Sphinx's smart quotes."""
+    text = "".join(visible(built_html / f"{docname}.html").text)
+    assert not re.search(r"\|\s*(-{3,}|—+)\s*\|", text), "a table shown as text"
+    flags = re.findall(r"(?<![\w-])–[a-z][a-z-]+", text)  # an en dash glued to a flag name
+    assert not flags, f"flags shown with an en dash: {sorted(set(flags))[:5]}"
+
+
+def test_the_errors_appendix_shows_its_messages_as_tables(built_html):
+    page = visible(built_html / "book/appendix/errors.html")
+    assert page.tables >= 3
+    assert "--batch-size 10 cannot be split evenly over --workers 3" in "".join(page.text)
