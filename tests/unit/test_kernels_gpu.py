@@ -99,3 +99,20 @@ def test_flash_attention_on_the_gpu(dtype, causal):
     torch.testing.assert_close(out, expected, **tol)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=0, atol=4 * tol["atol"])
+
+
+def test_the_gpt_trains_with_flash_attention_within_the_noise_floor_on_the_gpu():
+    """``--attention triton`` on CUDA (the compiled kernels) against the torch attention,
+    float32, bounded by the floor of the same run (the batch added in two halves), as
+    tests/distributed/test_gpt_attention.py does in the interpreter."""
+    from parcourse import compare
+    from parcourse.training import TrainConfig, train
+
+    common = dict(model="gpt", steps=5, batch_size=8, seed=3, optimizer="adam", lr=0.002,
+                  quiet=True)
+    reference = train(TrainConfig(**common)).state_dict
+    floor = train(TrainConfig(**common, accumulation=2)).state_dict
+    flash = train(TrainConfig(**common, attention="triton")).state_dict
+    gap, noise = compare.within_noise(flash, reference, floor, what="--attention triton")
+    print(f"--attention triton on {torch.cuda.get_device_name()}: {gap}; noise floor "
+          f"{noise.absolute:.2e}")
