@@ -63,7 +63,8 @@ def test_toc_has_the_preface_then_the_nine_chapters_in_order():
         assert notebook.exists(), notebook
         title = title_of(notebook)
         assert title == f"# {number}. {english}", title  # short: one line in the sidebar
-        assert f"*{chinese}" in first_markdown_cell(notebook)  # the source's title below it
+        subtitle = first_markdown_cell(notebook).splitlines()[2]  # the source's title
+        assert subtitle.startswith("*") and chinese in subtitle, subtitle
 
 
 APPENDIX_PAGES = ["book/appendix/errata", "book/appendix/glossary", "book/references"]
