@@ -20,6 +20,19 @@ ARGS = ["train", "--model", "complex", "--steps", "40", "--batch-size", "64", "-
 pytestmark = pytest.mark.skipif(not horovod_available(), reason="Horovod is not installed")
 
 
+def run_elastic(folder, args, out, env=None) -> subprocess.CompletedProcess:
+    """``args`` under an elastic horovodrun of 2 workers (at least 1), saving to ``out``."""
+    hosts = folder / "hosts.sh"  # one machine under two names: a failure blacklists one
+    hosts.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
+    hosts.chmod(0o755)
+    return subprocess.run(
+        [str(HOROVODRUN), "-np", "2", "--min-np", "1", "--max-np", "2",
+         "--host-discovery-script", str(hosts), "--network-interface", "lo", "--gloo",
+         sys.executable, "-m", "parcourse", *args, "--strategy", "horovod-elastic",
+         "--save", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+
 def test_outside_horovodrun_the_strategy_says_how_to_start_it():
     done = subprocess.run([sys.executable, "-m", "parcourse", "train", "--strategy",
                            "horovod-elastic", "--workers", "2"], capture_output=True, text=True,
@@ -37,17 +50,8 @@ def test_a_killed_worker_leaves_the_survivor_to_finish_the_same_run(tmp_path):
     done = subprocess.run([sys.executable, "-m", "parcourse", *ARGS, "--quiet", "--save",
                            str(reference)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
-    hosts = tmp_path / "hosts.sh"  # one machine under two names: a failure blacklists one
-    hosts.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
-    hosts.chmod(0o755)
     out = tmp_path / "elastic.pt"
-    done = subprocess.run(
-        [str(HOROVODRUN), "-np", "2", "--min-np", "1", "--max-np", "2",
-         "--host-discovery-script", str(hosts), "--network-interface", "lo", "--gloo",
-         sys.executable, "-m", "parcourse", *ARGS, "--strategy", "horovod-elastic",
-         "--save", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PARCOURSE_KILL_AT": "1:25"})
+    done = run_elastic(tmp_path, ARGS, out, env={**os.environ, "PARCOURSE_KILL_AT": "1:25"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert ("horovod-elastic: the workers changed, now 1; continuing from the last commit, "
             "step 20") in done.stdout + done.stderr
@@ -68,16 +72,8 @@ def test_an_uninterrupted_elastic_run_trains_the_gpt_with_adam_to_the_single_par
     done = subprocess.run([sys.executable, "-m", "parcourse", *args, "--save", str(reference)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
-    hosts = tmp_path / "hosts.sh"
-    hosts.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
-    hosts.chmod(0o755)
     out = tmp_path / "elastic.pt"
-    done = subprocess.run(
-        [str(HOROVODRUN), "-np", "2", "--min-np", "1", "--max-np", "2",
-         "--host-discovery-script", str(hosts), "--network-interface", "lo", "--gloo",
-         sys.executable, "-m", "parcourse", *args, "--strategy", "horovod-elastic",
-         "--save", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_elastic(tmp_path, args, out)
     assert done.returncode == 0, done.stderr[-3000:]
     compare.assert_close(torch.load(out, weights_only=True),
                          torch.load(reference, weights_only=True))
