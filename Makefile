@@ -21,11 +21,11 @@ TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
 venv: $(STAMP) $(MERMAID)
 
-$(STAMP): pyproject.toml requirements.txt requirements-dev.txt scripts/install-horovod.sh
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt parcourse/horovod_install.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_FLAGS) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -r requirements-dev.txt -e .
-	scripts/install-horovod.sh $(BIN)/python
+	$(BIN)/python -m parcourse install-horovod
 	touch $@
 
 # Mermaid's JavaScript (the book's diagrams) from the npm registry, served by the site itself.

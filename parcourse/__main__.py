@@ -161,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "safe to pass on every start, e.g. under torchrun --max-restarts")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     bench_command.add_parser(commands)
+    h = commands.add_parser(
+        "install-horovod", help="build Horovod 0.28.1 from source for this PyTorch (C++17 "
+                                "patch, Gloo), a few minutes",
+        description="Build Horovod 0.28.1 from its pinned source release, patched to C++17 "
+                    "for PyTorch >= 2.1, with Gloo, into this Python environment (or the one "
+                    "of --python). On Colab or Kaggle: run it in a cell, then restart the "
+                    "runtime.")
+    h.add_argument("--python", default=sys.executable, metavar="PATH",
+                   help="the Python whose environment gets Horovod (default: this one)")
     return parser
 
 
@@ -246,6 +255,10 @@ def _check_writable(path: str | None, option: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "install-horovod":
+        from .horovod_install import install
+
+        return install(args.python)
     return {"train": train_command, "bench": bench_command.run}[args.command](args)
 
 

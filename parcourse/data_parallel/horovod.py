@@ -58,8 +58,9 @@ def require_horovod() -> None:
     """Raise MissingDependencyError, saying how to install Horovod, when it is missing."""
     if not horovod_available():
         raise MissingDependencyError(
-            "Horovod is not installed: run scripts/install-horovod.sh (it builds Horovod "
-            "0.28.1 for PyTorch with Gloo; `make test` does this), or use --strategy ddp, "
+            "Horovod is not installed: run `python -m parcourse install-horovod` (it builds "
+            "Horovod 0.28.1 for PyTorch with Gloo in a few minutes; `make test` does this), "
+            "or use --strategy ddp, "
             "dp-manual or dp-bucketed, which need only PyTorch")
 
 
