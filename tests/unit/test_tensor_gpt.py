@@ -51,7 +51,7 @@ def test_splits_that_do_not_divide_are_one_line_errors(options, message):
 
 @pytest.mark.parametrize("options, message", [
     (dict(strategy="ddp", model="gpt", workers=2, sequence_parallel=True),
-     "--sequence-parallel works with --strategy tensor (got --strategy ddp)"),
+     "--sequence-parallel works with --strategy dp-pp-tp or tensor (got --strategy ddp)"),
     (dict(strategy="tensor", workers=2, sequence_parallel=True),
      "--sequence-parallel splits a transformer's windows: it works with --model gpt (got "
      "--model simple)"),
