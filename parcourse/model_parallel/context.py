@@ -75,10 +75,10 @@ def check_sequence(sequence: int, ranks: int) -> None:
     """A one-line error unless S splits into 2K equal chunks."""
     if sequence % (2 * ranks):
         step = 2 * ranks
-        lower = sequence - sequence % step
+        lower = sequence - sequence % step or step
         raise ConfigError(f"--strategy context cuts each window of --sequence {sequence} "
                           f"tokens into 2 × --workers {ranks} chunks: use a --sequence that is "
-                          f"a multiple of {step}, e.g. {lower or step} or {lower + step}")
+                          f"a multiple of {step}, e.g. {lower} or {lower + step}")
 
 
 def bytes_per_call(sequence: int, batch: int, width: int, ranks: int,
