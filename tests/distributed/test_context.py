@@ -112,3 +112,12 @@ def test_torchs_context_parallel_does_not_run_on_the_cpu():
         assert r == {"error": "NotImplementedError: Operator "
                               "aten._scaled_dot_product_flash_attention_for_cpu.default does "
                               "not have a sharding strategy registered."}
+
+
+def test_activations_per_rank_fall_as_s_over_k():
+    from parcourse.bench import context as bench_context
+
+    sizes = dict(bench_context.SIZES)
+    held = launch.run(bench_context.block_memory, 2, args=(sizes,), verbose=False)
+    formula = bench_context.activation_bytes(64, 4, 64, 4, 2)
+    assert held == [formula, formula] == [bench_context.activation_bytes(64, 4, 64, 4, 1) / 2] * 2

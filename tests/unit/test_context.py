@@ -112,3 +112,14 @@ def test_context_options_are_checked_in_one_line(options, message):
     with pytest.raises(ConfigError) as refused:
         validate(TrainConfig(**options))
     assert str(refused.value) == message
+
+
+def test_one_blocks_activations_are_the_formulas_and_less_than_attends():
+    """K = 1 in process (tests/distributed/test_context.py: K = 2): 17·sbh + a·s·b + 4·sb
+    numbers, no S×S matrix (parcourse.bench.context)."""
+    from parcourse.bench import context as bench_context, transformer_memory
+
+    sizes = dict(bench_context.SIZES)
+    measured = bench_context.block_memory(0, 1, sizes)
+    assert measured == bench_context.activation_bytes(64, 4, 64, 4, 1) == 1096 * 1024
+    assert transformer_memory.block_memory(0, 1, sizes, "single") > measured
