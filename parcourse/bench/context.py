@@ -76,9 +76,18 @@ def block_memory(rank: int, ranks: int, sizes: dict) -> int:
     return held
 
 
-def _rank_figures(rank: int, ranks: int, sizes: dict, steps: int) -> dict:
+def rank_figures(rank: int, ranks: int, sizes: dict, steps: int) -> dict:
     """This rank's block memory, bytes of one step, median step time and the events of
-    one ring attention call (a launch.run worker)."""
+    one ring attention call (a launch.run worker), on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)      # one core's time per rank, whatever K (on a busy 2-core CPU
+    try:                          # one process's step took 0.9-1.2 s on 2 threads, 26-52 ms on 1)
+        return _figures(rank, ranks, sizes, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _figures(rank: int, ranks: int, sizes: dict, steps: int) -> dict:
     model, split, ids, targets = _parts(rank, ranks, sizes, sizes["layers"])
     sync = gradient_sync.GradientAllReduce(model) if ranks > 1 else None
     seconds = []
@@ -109,12 +118,15 @@ def record_call(rank: int, ranks: int, sizes: dict = SIZES) -> list[tuple]:
     return recorder.events
 
 
-def measure(ranks_list=(1, 2, 4), sizes: dict = SIZES, steps: int = 5) -> list[dict]:
-    """One row per K: rank 0's figures, the formulas', and every rank's timeline."""
+def measure(ranks_list=(1, 2, 4), sizes: dict = SIZES, steps: int = 5,
+            worker=rank_figures) -> list[dict]:
+    """One row per K: rank 0's figures, the formulas', and every rank's timeline (and
+    whatever else ``worker``, which returns :func:`rank_figures`'s dict, adds: ``extra``,
+    one entry per rank)."""
     element = torch.empty(0, dtype=getattr(torch, sizes["dtype"])).element_size()
     rows = []
     for ranks in ranks_list:
-        figures = launch.run(_rank_figures, ranks, args=(sizes, steps), verbose=False)
+        figures = launch.run(worker, ranks, args=(sizes, steps), verbose=False)
         call = context.bytes_per_call(sizes["sequence"], sizes["batch"], sizes["width"],
                                       ranks, element)
         rows.append({"ranks": ranks, "seconds": figures[0]["seconds"],
@@ -124,7 +136,8 @@ def measure(ranks_list=(1, 2, 4), sizes: dict = SIZES, steps: int = 5) -> list[d
                      "memory_formula": activation_bytes(sizes["sequence"], sizes["batch"],
                                                         sizes["width"], sizes["heads"],
                                                         ranks, element),
-                     "events": [f["events"] for f in figures]})
+                     "events": [f["events"] for f in figures],
+                     "extra": [f.get("extra") for f in figures]})
     return rows
 
 
