@@ -7,7 +7,8 @@ only the sums are taken in another order (the softmax denominator and the weight
 the values block by block, rescaled by the running maximum; ∂K and ∂V summed around the
 ring). So the outputs and every gradient agree to a few units of float64's last place,
 far inside parcourse.compare.FLOAT64_TOLERANCE (measured: ≤ 1.4e-15), and ten Adam steps of
-the GPT split over K = 2 and 4 ranks end at the single run's parameters to ≤ 1.5e-14.
+the GPT split over K = 4 ranks (or 5 steps on K = 2 and 5 single steps after a checkpoint)
+end at the single run's parameters to ≤ 1.5e-14.
 A block left out, a wrong mask, a position embedding of the local instead of the global
 index or a gradient not summed moves them by 1e-3 and more.
 
@@ -20,7 +21,8 @@ import pytest
 import torch
 
 from conftest import ERR, assert_same_parameters, parcourse, train_and_load
-from parcourse import compare, gpt, launch
+from parcourse import checkpoint, compare, gpt, launch
+from parcourse.models import build_model
 from parcourse.model_parallel import context
 from workers import context_workers as w
 
@@ -82,13 +84,30 @@ def single(tmp_path_factory):
     return train_and_load(tmp_path_factory.mktemp("single"), "single", common=GPT)
 
 
-@pytest.mark.parametrize("workers", [2, 4])
-def test_context_trains_the_gpt_to_the_single_parameters(tmp_path, single, workers):
-    result = train_and_load(tmp_path, "context", "--strategy", "context", "--workers",
-                            str(workers), common=GPT)
+def test_context_trains_the_gpt_to_the_single_parameters(tmp_path, single):
+    result = train_and_load(tmp_path, "context", "--strategy", "context", "--workers", "4",
+                            common=GPT)
     assert (result["3.weight"] == result["0.token.weight"]).all()     # still one table
     difference = assert_same_parameters(result, single)
-    print(f"gpt context ×{workers}: {difference}")
+    print(f"gpt context ×4: {difference}")
+
+
+def test_context_checkpoints_hold_the_unsplit_gpt_and_resume_under_single(tmp_path, single):
+    """Steps 1–5 on 2 context ranks (rank 0's replica saved), 6–10 single: the parameters
+    of ten single steps."""
+    path, at = str(tmp_path / "gpt.pt"), GPT.index("--steps")
+    phases = [(5, ["--strategy", "context", "--workers", "2"]),
+              (10, ["--strategy", "single", "--resume", "--save", str(tmp_path / "resumed.pt")])]
+    for steps, extra in phases:
+        done = parcourse("train", *GPT[:at], "--steps", str(steps), *GPT[at + 2:], *extra,
+                         "--checkpoint", path, "--checkpoint-every", "5")
+        assert done.returncode == 0, done.stderr
+        if steps == 5:
+            saved = checkpoint.load(path)
+            assert list(saved["model"]) == list(build_model("gpt", heads=4).state_dict())
+    difference = assert_same_parameters(torch.load(tmp_path / "resumed.pt", weights_only=True),
+                                        single)
+    print(f"gpt context ×2, then single: {difference}")
 
 
 @pytest.mark.parametrize("args, message", [
