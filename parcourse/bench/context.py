@@ -26,6 +26,7 @@ import statistics
 import time
 
 import torch
+import torch.distributed as dist
 
 from .. import launch, ring
 from ..data_parallel import gradient_sync
@@ -105,16 +106,24 @@ def _figures(rank: int, ranks: int, sizes: dict, steps: int) -> dict:
             "events": record_call(rank, ranks, sizes)}
 
 
-def record_call(rank: int, ranks: int, sizes: dict = SIZES) -> list[tuple]:
+RECORDED = {"batch": 2, "sequence": 1024, "width": 128, "heads": 4, "dtype": "float32"}
+
+
+def record_call(rank: int, ranks: int, sizes: dict = RECORDED) -> list[tuple]:
     """The time-stamped events of one ring attention call, forward and backward, on this
-    rank (:class:`parcourse.model_parallel.context.Recorder`)."""
-    recorder = context.Recorder()
+    rank (:class:`parcourse.model_parallel.context.Recorder`), after one call unrecorded
+    (the first allocates) and a barrier (so that the ranks start together). The window is
+    longer than the step's so that a step's blocks take about as long as its message."""
     dtype = getattr(torch, sizes["dtype"])
     g = torch.Generator().manual_seed(3)
     s, width = sizes["sequence"] // ranks, sizes["width"]
     qkv = torch.randn(sizes["batch"], s, 3 * width, generator=g, dtype=dtype,
                       requires_grad=True)
-    context.ring_attend(qkv, sizes["heads"], rank, ranks, recorder).sum().backward()
+    recorder = context.Recorder()
+    for record in (None, recorder):
+        if ranks > 1:
+            dist.barrier()
+        context.ring_attend(qkv, sizes["heads"], rank, ranks, record).sum().backward()
     return recorder.events
 
 
@@ -151,29 +160,32 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-COLORS = {"compute": "#1f77b4", "send": "#ff7f0e", "receive": "#2ca02c"}
+COLORS = {"compute": "#1f77b4", "receive": "#2ca02c"}
+LANES = {"compute": (-0.3, 0.3), "receive": (0.08, 0.16)}
 
 
 def plot_timeline(events: list[list[tuple]], ax=None, title: str = ""):
     """A Gantt chart of one ring attention call: per rank a row of its computations and,
-    below it, its transfers (from posting to completion); milliseconds from the first
-    event."""
+    below it, its receives, each from posting to arrival (a send's end is known only when
+    it is waited for, after the receive, so sends are not drawn); milliseconds from the
+    first event."""
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(9, 0.9 * len(events) + 1))
+        _, ax = plt.subplots(figsize=(9, 0.8 * len(events) + 1.2))
     origin = min(start for rank in events for _, _, start, _ in rank)
     for rank, mine in enumerate(events):
         for kind, label, start, end in mine:
-            lane = rank + (0.0 if kind == "compute" else 0.35)
-            ax.broken_barh([((start - origin) * 1e3, (end - start) * 1e3)],
-                           (lane - 0.15, 0.28 if kind == "compute" else 0.12),
-                           color=COLORS[kind], alpha=0.8 if kind == "compute" else 0.5)
+            if kind in LANES:
+                low, height = LANES[kind]
+                ax.broken_barh([((start - origin) * 1e3, (end - start) * 1e3)],
+                               (rank + low, height), color=COLORS[kind],
+                               edgecolor="white", linewidth=0.5)
     ax.set_yticks(range(len(events)), [f"rank {r}" for r in range(len(events))])
-    ax.invert_yaxis()
+    ax.set_ylim(len(events) - 0.5, -0.5)
     ax.set_xlabel("ms")
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()],
-              labels=["blocks computed", "send posted → done", "receive posted → done"],
-              loc="upper right", fontsize=8)
+              labels=["a step's blocks computed", "a receive, posted → arrived"],
+              loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8)
     ax.set_title(title)
     return ax
