@@ -204,9 +204,10 @@ def _bench_context(args: argparse.Namespace) -> int:
     from . import transformer_memory
 
     sizes = bench_context.SIZES
-    print(f"# context parallelism, {bench_context.describe()}; rank 0: median of "
-          f"{args.steps or 5} forward + backward steps (and the gradient all-reduce), bytes "
-          f"sent by the ring attention of one step, activations one block keeps")
+    print(f"# context parallelism, {bench_context.describe()}; rank 0, one thread per "
+          f"rank: median of {args.steps or 5} forward + backward steps (and the gradient "
+          f"all-reduce), bytes sent by the ring attention of one step, activations one "
+          f"block keeps")
     print(bench_context.format_table(bench_context.measure(tuple(args.workers or (1, 2, 4)),
                                                            steps=args.steps or 5)))
     single = transformer_memory.block_memory(0, 1, dict(sizes), "single")

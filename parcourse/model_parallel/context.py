@@ -153,7 +153,7 @@ class _Transfer:
         return self.incoming
 
 
-def _chunk(x, index, chunks, c):
+def _chunk(x, index, c):
     """Rows of local chunk ``index`` (0 or 1, the order of chunks_of) of x (n, H, 2c, ·)."""
     return x.narrow(2, index * c, c)
 
@@ -179,7 +179,7 @@ class RingAttention(torch.autograd.Function):
                 for b, j in enumerate(theirs):
                     if j <= i:
                         states[a] = merge(states[a], block_state(
-                            _chunk(q, a, 2, c), _chunk(kv[0], b, 2, c), _chunk(kv[1], b, 2, c),
+                            _chunk(q, a, c), _chunk(kv[0], b, c), _chunk(kv[1], b, c),
                             diagonal=i == j))
             if recorder:
                 recorder.add("compute", f"blocks of rank {(rank - s) % ranks}", start)
@@ -208,19 +208,19 @@ class RingAttention(torch.autograd.Function):
             start, theirs = time.perf_counter(), chunks_of((rank - s) % ranks, ranks)
             dkv = torch.zeros_like(kv)       # this rank's part of ∂K, ∂V of rank r − s
             for a, i in enumerate(mine):
-                qi, oi, Di, li = (_chunk(z, a, 2, c) for z in (q, grad_out, D, lse))
+                qi, oi, Di, li = (_chunk(z, a, c) for z in (q, grad_out, D, lse))
                 for b, j in enumerate(theirs):
                     if j > i:
                         continue
-                    kj, vj = _chunk(kv[0], b, 2, c), _chunk(kv[1], b, 2, c)
+                    kj, vj = _chunk(kv[0], b, c), _chunk(kv[1], b, c)
                     x = qi @ kj.transpose(-2, -1) * scale
                     if i == j:
                         x = x.masked_fill(_upper(x), float("-inf"))
                     p = torch.exp(x - li)
-                    _chunk(dkv[1], b, 2, c).add_(p.transpose(-2, -1) @ oi)
+                    _chunk(dkv[1], b, c).add_(p.transpose(-2, -1) @ oi)
                     dx = p * (oi @ vj.transpose(-2, -1) - Di)
-                    _chunk(dq, a, 2, c).add_(dx @ kj * scale)
-                    _chunk(dkv[0], b, 2, c).add_(dx.transpose(-2, -1) @ qi * scale)
+                    _chunk(dq, a, c).add_(dx @ kj * scale)
+                    _chunk(dkv[0], b, c).add_(dx.transpose(-2, -1) @ qi * scale)
             if recorder:
                 recorder.add("compute", f"gradients of rank {(rank - s) % ranks}", start)
             if incoming is not None:

@@ -2,7 +2,7 @@
 
 import torch
 
-from parcourse import gpt, ring
+from parcourse import ring
 from parcourse.model_parallel import context
 
 N, S, HEADS, WIDTH = 2, 24, 2, 8
