@@ -26,7 +26,7 @@ def add_parser(commands) -> None:
                             description="Benchmarks: they print tables and ratios measured "
                                         "side by side in one run; nothing is asserted.")
     b.add_argument("what", choices=("allreduce", "dp", "memory", "pipeline", "kernels", "gpt",
-                                    "transformer"),
+                                    "transformer", "context"),
                    help="allreduce: bus bandwidth of each all-reduce, reduce-scatter and "
                         "all-gather against gloo's; "
                         "dp: training throughput of the data-parallel strategies against DDP; "
@@ -38,10 +38,12 @@ def add_parser(commands) -> None:
                         "the device's roofline; "
                         "gpt: tokens/s and model FLOPs utilization of the GPT under each "
                         "strategy; transformer: bytes moved and activation memory per rank "
-                        "under tensor and sequence parallelism, against the formulas")
+                        "under tensor and sequence parallelism, against the formulas; "
+                        "context: step time, bytes sent and activation memory per rank of "
+                        "ring attention against K")
     b.add_argument("--workers", type=int, nargs="+", default=None, metavar="K",
                    help="numbers of workers (default: allreduce 2 4, dp 2, gpt 2, "
-                        "transformer 2 4)")
+                        "transformer 2 4, context 1 2 4)")
     b.add_argument("--strategies", nargs="+", default=None, metavar="NAME",
                    help="dp: the strategies to compare, the first is the reference "
                         "(default: ddp dp-manual dp-bucketed); memory: ddp zero1 zero2 zero3; "
@@ -66,8 +68,8 @@ def add_parser(commands) -> None:
     b.add_argument("--horovod", action="store_true",
                    help="allreduce: include Horovod's all-reduce")
     b.add_argument("--steps", type=int, default=None,
-                   help="dp, pipeline, gpt: steps per run (default: dp 200, pipeline 6 per "
-                        "round, gpt 20)")
+                   help="dp, pipeline, gpt, context: steps per run (default: dp 200, "
+                        "pipeline 6 per round, gpt 20, context 5)")
     b.add_argument("--microbatches", type=int, nargs="+", default=None, metavar="M",
                    help="pipeline: numbers of micro-batches (default: 4 8; and the naive "
                         "split, M = 1)")
@@ -89,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {env.describe()}")
     if args.what == "kernels":
         return _bench_kernels(args)
+    if args.what == "context":
+        return _bench_context(args)
     if args.what in ("gpt", "transformer"):
         return _bench_transformer(args)
     args.batch_size = args.batch_size or 256
@@ -191,6 +195,24 @@ def _bench_transformer(args: argparse.Namespace) -> int:
           f"global batch {base.batch_size} windows, {base.steps} steps, {base.dtype}; model "
           f"FLOPs per token 6N + 12·L·d·s = {per_token:,}")
     print(bench_gpt.format_rows(bench_gpt.compare(runs, base)))
+    return 0
+
+
+def _bench_context(args: argparse.Namespace) -> int:
+    """bench context: ring attention's step time, bytes and memory per rank against K."""
+    from . import context as bench_context
+    from . import transformer_memory
+
+    sizes = bench_context.SIZES
+    print(f"# context parallelism, {bench_context.describe()}; rank 0, one thread per "
+          f"rank: median of {args.steps or 5} forward + backward steps (and the gradient "
+          f"all-reduce), bytes sent by the ring attention of one step, activations one "
+          f"block keeps")
+    print(bench_context.format_table(bench_context.measure(tuple(args.workers or (1, 2, 4)),
+                                                           steps=args.steps or 5)))
+    single = transformer_memory.block_memory(0, 1, dict(sizes), "single")
+    print(f"# one process with gpt.attend (the S×S probabilities and mask kept): "
+          f"{single / 1024:.1f} KiB per block")
     return 0
 
 
