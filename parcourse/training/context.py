@@ -14,6 +14,7 @@ checkpoints are a replica's (:class:`~parcourse.training.adapters.Replica`).
 from __future__ import annotations
 
 from .. import launch
+from ..errors import ConfigError
 from ..data_parallel import gradient_sync
 from ..model_parallel import context, context_gpt
 from .adapters import Replica, cpu_state
@@ -57,6 +58,9 @@ def train_context(config: TrainConfig):
 
 def _check(config: TrainConfig) -> None:
     context.check_sequence(config.sequence, config.workers)
+    if config.attention != "torch":
+        raise ConfigError(f"--attention {config.attention} does not combine with --strategy "
+                          f"context, whose ring computes each block's attention itself")
 
 
 register(Strategy("context", train_context, "the GPT's windows split along the sequence, "

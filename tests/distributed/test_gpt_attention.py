@@ -41,6 +41,9 @@ def test_flash_attention_trains_the_gpt_within_the_noise_floor(tmp_path):
     (["--model", "gpt", "--attention", "triton", "--width", "24"], None,
      "--attention triton needs a head width (--width / --heads) of 16, 32, 64, 128 (got "
      "24 / 2 = 12)"),
+    (["--model", "gpt", "--attention", "triton", "--strategy", "context", "--workers", "2"],
+     None, "--attention triton does not combine with --strategy context, whose ring computes "
+           "each block's attention itself"),
     (["--model", "gpt", "--attention", "flash"], None,
      "unknown --attention 'flash': choose one of torch, triton"),
     (["--model", "gpt", "--attention", "triton"], {"TRITON_INTERPRET": "0"},
