@@ -107,7 +107,7 @@ class ExpertParallelMoE(MixtureOfExperts):
         order = torch.argsort(chosen, stable=True)
         counts = torch.bincount(chosen, minlength=self.total)            # (E,) to each expert
         received = torch.empty_like(counts)                              # (K·E/K,) from each rank
-        _count([self.local] * self.ranks, counts.element_size() * self.local, self.rank)
+        _count([self.local] * self.ranks, counts.element_size(), self.rank)
         dist.all_to_all_single(received, counts, group=self.group)
         send = counts.view(self.ranks, self.local).sum(1).tolist()
         from_ranks = received.view(self.ranks, self.local)                # [source, local expert]
