@@ -177,8 +177,9 @@ def check(experts: int, top_k: int, capacity_factor: float, defaults) -> str | N
                  (("top_k", top_k), ("capacity_factor", capacity_factor))
                  if value != getattr(defaults, name)]
         if given:
-            return (f"{' and '.join(given)} {'need' if len(given) > 1 else 'needs'} "
-                    f"--experts E: they choose how tokens reach the experts of a "
+            verbs = "need --experts E: they choose" if len(given) > 1 else \
+                "needs --experts E: it chooses"
+            return (f"{' and '.join(given)} {verbs} how tokens reach the experts of a "
                     f"mixture (got --experts 0, the dense MLP)")
         return None
     if top_k < 1:

@@ -151,14 +151,14 @@ def test_help_documents_every_option():
                                    "dp-manual, dp-bucketed, zero1, zero2, zero3, fsdp, "
                                    "torch-zero1, horovod, horovod-elastic, pipeline-gpipe, "
                                    "pipeline-1f1b, pipeline-interleaved, pipeline-zb-h1, "
-                                   "dp-pp, dp-pp-tp, tensor"),
+                                   "dp-pp, dp-pp-tp, tensor, expert"),
     (["--model", "resnet"], ERR + "unknown --model 'resnet': choose one of simple, complex, gpt"),
     (["--optimizer", "lamb"], ERR + "unknown --optimizer 'lamb': choose one of sgd, adam"),
     (["--strategy", "single", "--workers", "2"],
      ERR + "--strategy single runs on one worker (got --workers 2): use a parallel "
            "strategy (ddp, dp-manual, dp-bucketed, zero1, zero2, zero3, fsdp, torch-zero1, "
            "horovod, horovod-elastic, pipeline-gpipe, pipeline-1f1b, pipeline-interleaved, "
-           "pipeline-zb-h1, dp-pp, dp-pp-tp, tensor) for several"),
+           "pipeline-zb-h1, dp-pp, dp-pp-tp, tensor, expert) for several"),
     (["--accumulation", "0"], ERR + "--accumulation must be at least 1 (got 0)"),
     (["--strategy", "ddp", "--workers", "2", "--fp16-allreduce"],
      ERR + "--fp16-allreduce works with --strategy horovod (got --strategy ddp)"),

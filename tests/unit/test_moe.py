@@ -122,8 +122,11 @@ def test_experts_zero_keeps_the_dense_gpt():
                                            "(got 0.0)"),
     (dict(experts=4, capacity_factor=-1.0), "--capacity-factor must be a positive number "
                                             "(got -1.0)"),
-    (dict(top_k=2), "--top-k needs --experts E: they choose how tokens reach the experts of "
+    (dict(top_k=2), "--top-k needs --experts E: it chooses how tokens reach the experts of "
                     "a mixture (got --experts 0, the dense MLP)"),
+    (dict(capacity_factor=1.25), "--capacity-factor needs --experts E: it chooses how tokens "
+                                 "reach the experts of a mixture (got --experts 0, the dense "
+                                 "MLP)"),
     (dict(top_k=2, capacity_factor=2.0), "--top-k and --capacity-factor need --experts E: "
      "they choose how tokens reach the experts of a mixture (got --experts 0, the dense MLP)"),
     (dict(experts=-1), "--experts must be 0 (the dense MLP) or more (got -1)"),
