@@ -131,7 +131,8 @@ def test_help_documents_every_option():
     assert done.returncode == 0
     for option in ("--strategy", "--model", "--dataset", "--steps", "--batch-size", "--lr",
                    "--optimizer", "--seed", "--workers", "--backend", "--timeout", "--save",
-                   "--metrics", "--quiet", "--layers", "--width", "--heads", "--sequence"):
+                   "--metrics", "--quiet", "--layers", "--width", "--heads", "--sequence",
+                   "--experts", "--top-k", "--capacity-factor"):
         assert option in done.stdout
 
 
