@@ -63,6 +63,9 @@ def test_one_step_on_four_ranks_routes_drops_and_computes_as_one(single_step):
     for r in ranks:
         assert r["bytes_sent"] == r["bytes_formula"] > 0
         assert r["expert_bytes"] == r["expert_bytes_formula"] == ranks[0]["expert_bytes"]
+    row = bench_experts.format_table({4: ranks}).splitlines()[1].split()   # bench experts
+    assert row[0] == "4" and float(row[2]) == float(row[3]) == round(
+        max(r["bytes_sent"] for r in ranks) / 1024, 1)
     whole = build_model("gpt", **bench_experts.SIZES)
     expert_scalars = sum(p.numel() for n, p in whole.named_parameters() if ".experts." in n)
     assert 4 * ranks[0]["expert_bytes"] == 8 * expert_scalars

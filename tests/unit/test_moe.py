@@ -2,8 +2,6 @@
 window and the dropped assignments, Switch's load-balancing loss and how it enters the
 training loss, and the mixture in the GPT (in one process)."""
 
-import math
-
 import pytest
 import torch
 

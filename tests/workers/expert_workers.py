@@ -1,14 +1,13 @@
 """Worker functions for tests/distributed/test_experts.py (spawned workers must import them)."""
 
 import torch
-import torch.distributed as dist
 
 from parcourse.model_parallel import experts
 
 
 def rows_count(source: int, destination: int) -> int:
     """Uneven splits, some empty: how many rows ``source`` sends to ``destination``."""
-    return (source + 2 * destination) % 4     # K = 2: 0 → 0: none, 0 → 1: 2, 1 → 0: 1, 1 → 1: 3
+    return (source + 2 * destination) % 4     # K = 2: 0→0 none, 0→1 2, 1→0 1, 1→1 3
 
 
 def row(source: int, destination: int, i: int, width: int = 3) -> torch.Tensor:
