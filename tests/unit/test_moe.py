@@ -153,3 +153,20 @@ def test_the_mixture_options_belong_to_the_gpt():
         validate(TrainConfig(model="simple", experts=2))
     with pytest.raises(ConfigError, match=r"^--strategy expert trains --model gpt only"):
         validate(TrainConfig(model="simple", strategy="expert", workers=2))
+
+
+def test_a_checkpoint_older_than_the_mixture_options_still_resumes_the_dense_gpt():
+    from dataclasses import asdict
+
+    from parcourse import checkpoint
+
+    config = asdict(TrainConfig(model="gpt", layers=2, width=16, heads=2, sequence=16))
+    model = build_model("gpt", **{k: config[k] for k in ("layers", "width", "heads", "sequence")})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    old = {k: v for k, v in config.items() if k not in ("experts", "top_k", "capacity_factor")}
+    saved = {"config": old, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "losses": [], "next_step": 0}
+    assert checkpoint.compatible(saved, config) is None
+    problem = checkpoint.compatible(saved, dict(config, experts=2))
+    assert problem.startswith("its parameters are not those of the gpt model (missing: "
+                              "1.mlp.router.weight")
