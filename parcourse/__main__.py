@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
                          ("sequence", "tokens per window (the context)")):
         t.add_argument(f"--{option}", type=int, default=getattr(defaults, option), metavar="N",
                        help=f"--model gpt: {what} (default: %(default)s)")
+    t.add_argument("--experts", type=int, default=defaults.experts, metavar="E",
+                   help="--model gpt: experts of each block's mixture-of-experts MLP; 0 keeps "
+                        "the dense MLP (default: %(default)s)")
+    t.add_argument("--top-k", type=int, default=defaults.top_k, metavar="K",
+                   help="--experts: the experts each token goes to (default: %(default)s)")
+    t.add_argument("--capacity-factor", type=float, default=defaults.capacity_factor,
+                   metavar="C", help="--experts: each expert takes at most ⌈C·k·T/E⌉ tokens "
+                   "of a window; the rest skip it (default: %(default)s)")
     t.add_argument("--steps", type=int, default=defaults.steps,
                    help="optimizer steps (default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="B",

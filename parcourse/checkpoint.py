@@ -167,6 +167,8 @@ def compatible(saved: dict, config: dict) -> str | None:
     """
     sizes = SIZES.get(config.get("model"), ())
     for key in ("model", "dataset", *sizes, "batch_size", "optimizer", "lr", "seed"):
+        if key in sizes and key not in saved["config"]:
+            continue   # a size option newer than the checkpoint: the shapes below decide
         if saved["config"].get(key) != config.get(key):
             return (f"it was written with {key}={saved['config'].get(key)!r}, "
                     f"this run has {key}={config.get(key)!r}")

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .moe import MixtureOfExperts
+
 VOCAB = 256          # byte-level tokens
 INIT_STD = 0.02      # every weight matrix and table starts N(0, 0.02²); biases at 0
 
@@ -102,15 +104,18 @@ def use_attention(model: nn.Module, kernel: Attention) -> nn.Module:
 
 
 class Block(nn.Module):
-    """x + Attention(LN₁(x)), then + MLP(LN₂(x)) with a GELU hidden layer of 4d."""
+    """x + Attention(LN₁(x)), then + MLP(LN₂(x)) with a GELU hidden layer of 4d; with
+    ``experts`` E ≥ 1 the MLP is a mixture of E such MLPs (:mod:`parcourse.moe`)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, experts: int = 0, top_k: int = 1,
+                 capacity_factor: float = 1.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
         self.attention = CausalSelfAttention(width, heads)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
-                                 nn.Linear(4 * width, width))
+        self.mlp = (MixtureOfExperts(width, experts, top_k, capacity_factor) if experts else
+                    nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
+                                  nn.Linear(4 * width, width)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.norm1(x))
@@ -145,9 +150,12 @@ class GPT(nn.Sequential):
 
 
 def build_layers(layers: int = 2, width: int = 32, heads: int = 2, sequence: int = 32,
-                 vocab: int = VOCAB) -> list[nn.Module]:
+                 vocab: int = VOCAB, experts: int = 0, top_k: int = 1,
+                 capacity_factor: float = 1.0) -> list[nn.Module]:
     """The layers of a GPT of ``layers`` blocks, ``width`` channels, ``heads`` heads and a
-    context of ``sequence`` tokens."""
+    context of ``sequence`` tokens; ``experts`` E ≥ 1 makes each block's MLP a mixture of
+    E experts, each token routed to ``top_k`` of them, ``capacity_factor`` sizing their
+    capacity per window (:mod:`parcourse.moe`; 0, the default, keeps the dense MLP)."""
     for name, value in (("layers", layers), ("width", width), ("heads", heads),
                         ("sequence", sequence), ("vocab", vocab)):
         if value < 1:
@@ -155,7 +163,8 @@ def build_layers(layers: int = 2, width: int = 32, heads: int = 2, sequence: int
     if width % heads:
         raise ValueError(f"width {width} is not divisible by {heads} heads")
     embeddings = Embeddings(vocab, width, sequence)
-    return [embeddings, *(Block(width, heads) for _ in range(layers)),
+    return [embeddings, *(Block(width, heads, experts, top_k, capacity_factor)
+                          for _ in range(layers)),
             Head(embeddings.token.weight)]
 
 

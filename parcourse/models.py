@@ -62,7 +62,8 @@ class ComplexModel(nn.Sequential):
 
 MODELS = {"simple": SimpleModel, "complex": ComplexModel, "gpt": GPT}
 # The size options each model takes (keywords of build_model, fields of TrainConfig).
-SIZES = {"gpt": ("layers", "width", "heads", "sequence")}
+SIZES = {"gpt": ("layers", "width", "heads", "sequence",
+                 "experts", "top_k", "capacity_factor")}   # the last three: parcourse.moe
 
 
 def build_model(name: str, seed: int | None = None,

@@ -26,7 +26,7 @@ def add_parser(commands) -> None:
                             description="Benchmarks: they print tables and ratios measured "
                                         "side by side in one run; nothing is asserted.")
     b.add_argument("what", choices=("allreduce", "dp", "memory", "pipeline", "kernels", "gpt",
-                                    "transformer", "context"),
+                                    "transformer", "context", "experts"),
                    help="allreduce: bus bandwidth of each all-reduce, reduce-scatter and "
                         "all-gather against gloo's; "
                         "dp: training throughput of the data-parallel strategies against DDP; "
@@ -40,7 +40,9 @@ def add_parser(commands) -> None:
                         "strategy; transformer: bytes moved and activation memory per rank "
                         "under tensor and sequence parallelism, against the formulas; "
                         "context: step time, bytes sent and activation memory per rank of "
-                        "ring attention against K")
+                        "ring attention against K; "
+                        "experts: step time, all-to-all bytes and parameter memory per rank "
+                        "of expert parallelism, K = 1, 2, 4")
     b.add_argument("--workers", type=int, nargs="+", default=None, metavar="K",
                    help="numbers of workers (default: allreduce 2 4, dp 2, gpt 2, "
                         "transformer 2 4, context 1 2 4)")
@@ -95,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
         return _bench_context(args)
     if args.what in ("gpt", "transformer"):
         return _bench_transformer(args)
+    if args.what == "experts":
+        from . import experts as bench_experts
+
+        bench_experts.run(args.workers)
+        return 0
     args.batch_size = args.batch_size or 256
     if args.what == "allreduce":
         largest = int(args.max_mb * (1 << 20))

@@ -70,6 +70,10 @@ def throughput(result) -> dict:
     config = result.config
     per_token = model_flops.gpt_flops_per_token(config.layers, config.width, config.heads,
                                                 config.sequence)
+    if config.experts:   # a token runs k experts' MLPs and the router: 6 FLOPs per parameter
+        d = config.width
+        per_token += 6 * config.layers * ((config.top_k - 1) * (8 * d * d + 5 * d)
+                                          + d * config.experts)
     peak, source = peak_for(config)
     tokens = result.tokens_per_second
     return {"tokens_per_s": tokens, "flops_per_token": per_token,

@@ -13,11 +13,11 @@ importing this package imports them all, in the order the command line lists the
   (zero1, zero2, zero3), :mod:`.fsdp`, :mod:`.torch_zero` (torch-zero1), :mod:`.horovod`,
   :mod:`.horovod_elastic`, :mod:`.pipeline` (pipeline-gpipe, pipeline-1f1b,
   pipeline-interleaved, pipeline-zb-h1, dp-pp, dp-pp-tp),
-  :mod:`.tensor`, :mod:`.context`.
+  :mod:`.tensor`, :mod:`.context`, :mod:`.expert`.
 """
 
 from . import (single, ddp, zero, fsdp, torch_zero,  # noqa: F401  (each registers its own)
-               horovod, horovod_elastic, pipeline, tensor, context)
+               horovod, horovod_elastic, pipeline, tensor, context, expert)
 from .config import DATASETS, DTYPES, OPTIMIZERS, TrainConfig, TrainResult
 from .registry import REGISTRY, Strategy, register, train, validate
 

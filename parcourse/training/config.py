@@ -42,6 +42,13 @@ class TrainConfig:
     """GPT: attention heads H, each of width d/H."""
     sequence: int = 32
     """GPT: tokens T per window, the context the model sees."""
+    experts: int = 0
+    """GPT: experts E of each block's mixture-of-experts MLP (0: the dense MLP;
+    :mod:`parcourse.moe`)."""
+    top_k: int = 1
+    """GPT with ``experts``: the experts k each token is routed to."""
+    capacity_factor: float = 1.0
+    """GPT with ``experts``: c in each expert's capacity ⌈c·k·T/E⌉ per window."""
     steps: int = 100
     """Optimizer steps."""
     batch_size: int = 64

@@ -76,10 +76,11 @@ def train_data_parallel(config: TrainConfig):
 
 
 register(Strategy("ddp", train_data_parallel, "PyTorch DistributedDataParallel",
-                  options=("recompute", "precision"), batch=EQUAL))
+                  options=("recompute", "precision"), batch=EQUAL, experts=True))
 register(Strategy("dp-manual", train_data_parallel,
                   "one all-reduce of every gradient after backward (uneven shards weighted)",
-                  options=("allreduce", "recompute", "precision")))
+                  options=("allreduce", "recompute", "precision"), experts=True))
 register(Strategy("dp-bucketed", train_data_parallel,
                   "buckets of gradients all-reduced while backward runs",
-                  options=("allreduce", "bucket_kb", "recompute", "precision")))
+                  options=("allreduce", "bucket_kb", "recompute", "precision"),
+                  experts=True))

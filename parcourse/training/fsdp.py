@@ -104,4 +104,4 @@ def train_fsdp(config: TrainConfig):
 
 register(Strategy("fsdp", train_fsdp, "PyTorch FSDP2 (fully_shard): parameters, gradients "
                   "and optimizer state sharded", options=("reshard_after_forward", "recompute", "precision"),
-                  batch=WEIGHTED))
+                  batch=WEIGHTED, experts=True))

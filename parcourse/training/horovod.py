@@ -63,4 +63,4 @@ def train_horovod(config: TrainConfig):
 
 
 register(Strategy("horovod", train_horovod, "Horovod's DistributedOptimizer (horovod.run or "
-                  "horovodrun)", options=("fp16_allreduce",), batch=EQUAL))
+                  "horovodrun)", options=("fp16_allreduce",), batch=EQUAL, experts=True))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import data as datasets
-from .. import mixed_precision
+from .. import mixed_precision, moe
 from ..errors import TrainingDiverged
 from .config import TrainConfig
 
@@ -100,13 +100,16 @@ def replica_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int,
     micro-batches: each back-propagates its mean loss × its share of the samples ×
     ``weight``, so the accumulated gradient is ``weight`` × the gradient of the mean.
     With ``precision`` bf16 or fp16 the forward runs under autocast and the loss is taken
-    of float32 logits. Returns the mean loss of the samples (unweighted)."""
+    of float32 logits. A mixture-of-experts GPT adds its load-balancing loss
+    (:func:`parcourse.moe.balance_loss`, a mean over the windows like the cross-entropy).
+    Returns the mean loss of the samples (unweighted)."""
     total, n = 0.0, len(y)
     for m in range(micro):
         part = datasets.shard(torch.arange(n), m, micro)
         with mixed_precision.autocast(precision, x.device):
             logits = model(x[part])
-        loss = mean_loss(logits.float() if precision != "full" else logits, y[part])
+        loss = (mean_loss(logits.float() if precision != "full" else logits, y[part])
+                + moe.balance_loss(model))   # 0 unless the GPT has experts
         share = len(part) / n
         scaled = share * weight
         (loss * scaled if scaled != 1.0 else loss).backward()

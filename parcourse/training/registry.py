@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .. import checkpoint, collectives, launch, mixed_precision
+from .. import checkpoint, collectives, launch, mixed_precision, moe
 from .. import data as datasets
 from ..data_parallel import gradient_sync
 from ..errors import ConfigError
@@ -39,6 +39,7 @@ EQUAL = "equal shards"          # averages K local means: needs K | B
 WEIGHTED = "weighted shards"    # weights shard k by B_k / B: any B ≥ K
 WHOLE = "the whole batch"       # every worker sees the whole batch (one worker, or tensor)
 PIPELINED = "micro-batches"     # replicas' shards, cut into micro-batches
+MOE_OPTIONS = ("experts", "top_k", "capacity_factor")   # the GPT's mixture (parcourse.moe)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Strategy:
     check: Callable[[TrainConfig], None] | None = None       # its own validation
     prepare: Callable[[TrainConfig], TrainConfig] | None = None  # fills its defaults
     models: tuple[str, ...] | None = None       # the models it trains (None: all of MODELS)
+    experts: bool = False                       # trains a GPT with --experts (parcourse.moe)
 
 
 REGISTRY: dict[str, Strategy] = {}
@@ -192,8 +194,16 @@ def _check_model(config: TrainConfig, check) -> None:
         if option not in SIZES.get(model, ()):
             users = [name for name, options in SIZES.items() if option in options]
             check(value == getattr(defaults, option),
-                  f"--{option} works with --model {' or '.join(users)} (got --model {model})")
-        check(value >= 1, f"--{option} must be at least 1 (got {value})")
+                  f"--{option.replace('_', '-')} works with --model {' or '.join(users)} "
+                  f"(got --model {model})")
+        if option not in MOE_OPTIONS:
+            check(value >= 1, f"--{option} must be at least 1 (got {value})")
+    problem = moe.check(config.experts, config.top_k, config.capacity_factor, defaults)
+    check(problem is None, problem or "")
+    if config.experts and not REGISTRY[config.strategy].experts:
+        names = [n for n, s in REGISTRY.items() if s.experts]
+        check(False, f"--experts works with --strategy {', '.join(names[:-1])} or "
+                     f"{names[-1]} (got --strategy {config.strategy})")
     if "heads" in SIZES.get(model, ()):
         check(config.width % config.heads == 0,
               f"--width {config.width} is not divisible by --heads {config.heads}: each head "

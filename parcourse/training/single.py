@@ -42,4 +42,5 @@ def _check(config: TrainConfig) -> None:
 
 
 register(Strategy("single", train_single, "one process, the reference",
-                  options=("accumulation", "recompute", "precision"), batch=WHOLE, parallel=False, check=_check))
+                  options=("accumulation", "recompute", "precision"), batch=WHOLE, parallel=False, check=_check,
+                  experts=True))

@@ -72,4 +72,4 @@ def train_torch_zero(config: TrainConfig):
 
 register(Strategy("torch-zero1", train_torch_zero, "PyTorch DDP + ZeroRedundancyOptimizer: "
                   "optimizer state sharded (ZeRO-1)", options=("recompute", "precision"),
-                  batch=WEIGHTED))
+                  batch=WEIGHTED, experts=True))

@@ -82,4 +82,4 @@ for _name, _what in (("zero1", "optimizer state"), ("zero2", "optimizer state an
     register(Strategy(_name, train_zero, f"ZeRO stage {STAGE[_name]}: {_what} sharded "
                                          f"over the workers",
                       options=("allreduce", "bucket_kb", "recompute", "precision"),
-                      batch=WEIGHTED, family="ZeRO", check=_check))
+                      batch=WEIGHTED, family="ZeRO", check=_check, experts=True))

@@ -131,7 +131,8 @@ def test_help_documents_every_option():
     assert done.returncode == 0
     for option in ("--strategy", "--model", "--dataset", "--steps", "--batch-size", "--lr",
                    "--optimizer", "--seed", "--workers", "--backend", "--timeout", "--save",
-                   "--metrics", "--quiet", "--layers", "--width", "--heads", "--sequence"):
+                   "--metrics", "--quiet", "--layers", "--width", "--heads", "--sequence",
+                   "--experts", "--top-k", "--capacity-factor"):
         assert option in done.stdout
 
 
@@ -151,14 +152,14 @@ def test_help_documents_every_option():
                                    "dp-manual, dp-bucketed, zero1, zero2, zero3, fsdp, "
                                    "torch-zero1, horovod, horovod-elastic, pipeline-gpipe, "
                                    "pipeline-1f1b, pipeline-interleaved, pipeline-zb-h1, "
-                                   "dp-pp, dp-pp-tp, tensor, context"),
+                                   "dp-pp, dp-pp-tp, tensor, context, expert"),
     (["--model", "resnet"], ERR + "unknown --model 'resnet': choose one of simple, complex, gpt"),
     (["--optimizer", "lamb"], ERR + "unknown --optimizer 'lamb': choose one of sgd, adam"),
     (["--strategy", "single", "--workers", "2"],
      ERR + "--strategy single runs on one worker (got --workers 2): use a parallel "
            "strategy (ddp, dp-manual, dp-bucketed, zero1, zero2, zero3, fsdp, torch-zero1, "
            "horovod, horovod-elastic, pipeline-gpipe, pipeline-1f1b, pipeline-interleaved, "
-           "pipeline-zb-h1, dp-pp, dp-pp-tp, tensor, context) for several"),
+           "pipeline-zb-h1, dp-pp, dp-pp-tp, tensor, context, expert) for several"),
     (["--accumulation", "0"], ERR + "--accumulation must be at least 1 (got 0)"),
     (["--strategy", "ddp", "--workers", "2", "--fp16-allreduce"],
      ERR + "--fp16-allreduce works with --strategy horovod (got --strategy ddp)"),

@@ -21,7 +21,7 @@ BUILT_FROM = ("pyproject.toml", "README.md", "requirements.txt", "requirements-d
 # What the chapter does with what is stored (book/05_practice/gpu_kernels.ipynb and
 # model_parallel.ipynb), printed as JSON by a Python that imports the installed package.
 RENDER = """
-import json, parcourse
+import importlib, json, pkgutil, parcourse
 from parcourse.model_parallel import activation_memory as pipeline_memory
 from parcourse.kernels import bench, compiled, devices, gpu_check
 reports = [r for r in devices.stored_reports() if "bench" in r]
@@ -36,6 +36,8 @@ print(json.dumps({
                  for s in compiled.stored_surveys()],
     "checkout": gpu_check.find_checkout() and str(gpu_check.find_checkout()),
     "gpu_check says": gpu_check.destination(None)[1],
+    "subpackages": {name: importlib.import_module(name).__file__ for _, name, is_package
+                    in pkgutil.walk_packages(parcourse.__path__, "parcourse.") if is_package},
 }))
 """
 
@@ -68,6 +70,19 @@ def test_the_installed_package_is_imported_not_the_checkout(installed):
     for key in ("package", "reports", "surveys"):
         assert Path(seen[key]).is_relative_to(target), (key, seen[key])
         assert not Path(seen[key]).is_relative_to(ROOT), (key, seen[key])
+
+
+def test_every_subpackage_of_the_checkout_is_installed(installed):
+    """A notebook on Colab imports parcourse.training, .bench, .planner…: each must come
+    from the installed copy (an editable install elsewhere on the path must not hide a
+    subpackage that the build left out)."""
+    target, seen = installed
+    checkout = sorted("parcourse." + ".".join(p.parent.relative_to(ROOT / "parcourse").parts)
+                      for p in (ROOT / "parcourse").rglob("__init__.py")
+                      if p.parent != ROOT / "parcourse" and "__pycache__" not in p.parts)
+    assert sorted(seen["subpackages"]) == checkout
+    for name, file in seen["subpackages"].items():
+        assert Path(file).is_relative_to(target), (name, file)
 
 
 def test_the_installed_package_renders_the_stored_h100_report(installed):
