@@ -1,4 +1,5 @@
-"""Command line: ``python -m parcourse train --strategy ... --workers K ...``.
+"""Command line: ``python -m parcourse train --strategy ... --workers K ...``; ``bench``;
+``plan`` (the planner of chapter 4, :mod:`parcourse.planner.command`).
 
 Runs standalone (it starts its own workers) and unchanged under an external launcher:
 ``torchrun --standalone --nproc-per-node K -m parcourse train --strategy ddp ...`` or
@@ -21,6 +22,7 @@ from .models import MODELS
 from .training import DATASETS, DTYPES, OPTIMIZERS, REGISTRY, TrainConfig, train
 from .bench import command as bench_command
 from .bench import gpt as bench_gpt
+from .planner import command as plan_command
 from .training.registry import option_help
 
 
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "safe to pass on every start, e.g. under torchrun --max-restarts")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     bench_command.add_parser(commands)
+    plan_command.add_parser(commands)
     return parser
 
 
@@ -246,7 +249,8 @@ def _check_writable(path: str | None, option: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"train": train_command, "bench": bench_command.run}[args.command](args)
+    return {"train": train_command, "bench": bench_command.run,
+            "plan": plan_command.run}[args.command](args)
 
 
 if __name__ == "__main__":
