@@ -47,7 +47,7 @@ def grids(model: ModelShape, hw: Hardware, batch: int, tensor=None, pipeline=Non
             if model.layers % p or (pipeline and p != pipeline):
                 continue
             r = hw.devices // (t * p)
-            if batch % r == 0:
+            if batch % r == 0 and (batch // r) % p == 0:   # at least M = P micro-batches
                 out.append((r, t, p))
     return out
 
@@ -87,7 +87,7 @@ def check_grid(model: ModelShape, hw: Hardware, batch: int, tensor=None, pipelin
         raise ConfigError(f"--batch-size must be at least 1 (got {batch})")
     if not grids(model, hw, batch, tensor, pipeline):
         raise ConfigError(f"no grid of {hw.devices} devices splits --batch-size {batch} over "
-                          f"its replicas: use a multiple of {hw.devices}")
+                          f"its replicas and micro-batches: use a multiple of {hw.devices}")
 
 
 def plan(model: ModelShape, hw: Hardware, batch: int, tensor=None, pipeline=None,
@@ -100,7 +100,8 @@ def plan(model: ModelShape, hw: Hardware, batch: int, tensor=None, pipeline=None
         short = max(0.0, memory["total"] - hw.memory)
         out.append(Candidate(config, memory, step_time(model, config, hw, batch),
                              short == 0, short))
-    out.sort(key=lambda c: (not c.fits, c.time["step"] if c.fits else c.shortfall))
+    out.sort(key=lambda c: (not c.fits, float(f"{c.time['step']:.3g}") if c.fits
+                            else c.shortfall, c.memory["total"]))   # ties: the smaller
     if not out[0].fits:
         least = out[0]
         need = -(-least.memory["total"] * hw.devices // hw.memory)

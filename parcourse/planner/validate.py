@@ -43,6 +43,7 @@ KINDS = ("parameters", "gradients", "optimizer state")
 ZERO = {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3}
 # strategy, model, workers, the planner's grid, TrainConfig options
 TRAINED = (
+    ("ddp", "simple", 2, Config(2), {}),
     ("pipeline-1f1b", "complex", 2, Config(1, pipeline=2, microbatches=4),
      {"microbatches": 4}),
     ("tensor", "gpt", 2, Config(1, tensor=2), {}),
