@@ -72,29 +72,32 @@ class Hardware:
 
 
 def _gpu(key: str, name: str, devices: int, memory_gib: float, link_bytes_s: float,
-         source: str, fp32=None, bf16=None, inter_bytes_s=None) -> Hardware:
+         source: str, fp32=None, bf16=None, inter_bytes_s: float = 50e9) -> Hardware:
     sheet = DATASHEETS.get(key)
-    inter = inter_bytes_s or link_bytes_s
     return Hardware(name, devices, memory_gib * GIB, fp32 or sheet.fp32_flops,
-                    bf16 or sheet.fp16_flops, 0.5, 3e-6, 1 / link_bytes_s,
-                    5e-6 if inter_bytes_s else 3e-6, 1 / inter, True, source)
+                    bf16 or sheet.fp16_flops, 0.5, 3e-6, 1 / link_bytes_s, 5e-6,
+                    1 / inter_bytes_s, True, source)
 
 
 # Link bandwidths are per GPU, per direction. NVLink 4 (H100, H200): 900 GB/s both ways,
 # 450 GB/s each way; NVLink 3 (A100): 600 GB/s, 300 each way (NVIDIA's H100, H200 and A100
 # datasheets). T4: PCIe 3.0 ×16, 15.75 GB/s each way. NDR InfiniBand: 400 Gb/s = 50 GB/s
-# per adapter, one per GPU in a DGX H100 (NVIDIA DGX H100 user guide). α: a few µs per
-# message (NCCL's measured latencies inside a node are 2–10 µs): 3 µs, 5 µs across nodes.
+# per adapter, one per GPU in a DGX H100 (NVIDIA DGX H100 user guide); HDR, 200 Gb/s =
+# 25 GB/s per GPU in a DGX A100; the T4 nodes: 100 Gb/s Ethernet, 12.5 GB/s per node,
+# 3.1 per GPU. α: a few µs per message: 3 µs inside a node, 5 µs across nodes (assumed).
 PROFILES = {
     "h100": _gpu("H100 SXM", "h100", 8, 80, 450e9,
-                 "NVIDIA H100 datasheet (SXM: 80 GB, NVLink 900 GB/s)"),
+                 "NVIDIA H100 datasheet (SXM: 80 GB, NVLink 900 GB/s)", inter_bytes_s=50e9),
     "h200": _gpu("H100 SXM", "h200", 8, 141, 450e9,
-                 "NVIDIA H200 datasheet (SXM: 141 GB HBM3e, the H100's FLOP/s, NVLink 900 GB/s)"),
+                 "NVIDIA H200 datasheet (SXM: 141 GB HBM3e, the H100's FLOP/s, NVLink 900 GB/s)",
+                 inter_bytes_s=50e9),
     "a100": _gpu("", "a100", 8, 80, 300e9,
                  "NVIDIA A100 datasheet (SXM 80 GB: 19.5 TFLOP/s fp32, 312 bf16, NVLink "
-                 "600 GB/s)", fp32=19.5e12, bf16=312e12),
+                 "600 GB/s; HDR InfiniBand between nodes)", fp32=19.5e12, bf16=312e12,
+                 inter_bytes_s=25e9),
     "t4": _gpu("T4", "t4", 4, 16, 15.75e9,
-               "NVIDIA T4 datasheet (16 GB, 65 TFLOP/s fp16, PCIe 3.0 ×16)"),
+               "NVIDIA T4 datasheet (16 GB, 65 TFLOP/s fp16, PCIe 3.0 ×16)",
+               inter_bytes_s=12.5e9 / 4),
     "8xh100-ib": _gpu("H100 SXM", "8xh100-ib", 8, 80, 450e9,
                       "8-GPU H100 SXM nodes (NVLink 900 GB/s) over 400 Gb/s NDR InfiniBand, "
                       "one adapter per GPU", inter_bytes_s=50e9),

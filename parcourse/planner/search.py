@@ -135,16 +135,19 @@ def format_plan(ranked: list[Candidate], hw: Hardware, top: int = 10) -> str:
     """The ranked table: memory and time per configuration (predictions), the reason."""
     fits = [c for c in ranked if c.fits]
     dropped = [c for c in ranked if not c.fits]
-    head = (f"{'#':>3} {'configuration':<30}{'states GiB':>11}{'activ. GiB':>11}"
-            f"{'total GiB':>10}{'step s':>10}{'compute':>9}{'bubble':>8}{'pipe':>8}"
+    big = max((c.memory["total"] for c in fits), default=GIB) >= GIB
+    unit, scale = ("GiB", GIB) if big else ("MiB", 1 << 20)
+    head = (f"{'#':>3} {'configuration':<30}{'states ' + unit:>11}{'activ. ' + unit:>11}"
+            f"{'total ' + unit:>10}{'step s':>10}{'compute':>9}{'bubble':>8}{'pipe':>8}"
             f"{'tensor':>8}{'data':>8}")
     lines = [f"predicted for {hw.devices} × {hw.name} ({hw.memory / GIB:.0f} GiB each, "
              f"{hw.efficiency:.0%} of peak FLOP/s assumed" +
              (", gradient traffic overlapped with backward)" if hw.overlap else ")"), head]
     for i, c in enumerate(fits[:top], 1):
         states = sum(c.memory[k] for k in ("parameters", "gradients", "optimizer state"))
-        lines.append(f"{i:>3} {c.config.label():<30}{states / GIB:>11.2f}"
-                     f"{c.memory['activations'] / GIB:>11.2f}{c.memory['total'] / GIB:>10.2f}"
+        lines.append(f"{i:>3} {c.config.label():<30}{states / scale:>11.2f}"
+                     f"{c.memory['activations'] / scale:>11.2f}"
+                     f"{c.memory['total'] / scale:>10.2f}"
                      f"{c.time['step']:>10.3g}" + "".join(
                          f"{c.time[k] / c.time['step']:>{w}.0%}"
                          for k, w in zip(TERMS, (9, 8, 8, 8, 8))))
