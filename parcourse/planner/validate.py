@@ -9,15 +9,15 @@ For configurations that run here (CPU processes over gloo), two checks:
   agree to the byte, on every rank. The same run measures the peak of a step, beside
   the ledger's prediction from a one-process peak (:func:`~parcourse.data_parallel.
   zero_ledger.predicted_peak`).
-* **step time** — the median of repeated steps (the memory benchmark's), or for the other
-  strategies the mean step of a short ``train`` run, the first step included, beside
-  :func:`.time.step_time` with this machine's measured α and β (:mod:`.hardware`) and
-  its achievable FLOP/s *for this model at the size each rank computes*: one process, one
-  thread, runs forward, backward and Adam on one micro-batch (b/M samples) of the whole
-  model, and FLOPs ÷ its median time is the rate (a CPU reaches its matmul peak only on
-  large products; these models' layers are small). With K workers on C cores each process
-  runs ``max(1, C // K)`` threads and gets min(1, C/K) of a core per thread: the rate is
-  scaled so. Nothing else is fitted.
+* **step time** — the median of repeated steps (the memory benchmark's; for pipelines the
+  step-to-step times of the recorded timeline, the first two left out; for the other
+  strategies the mean step of a ``train`` run of S + 2 steps minus one of 2 steps), beside :func:`.time.step_time` with this
+  machine's measured α and β (:mod:`.hardware`) and its achievable FLOP/s *for this model
+  at the size each rank computes, with K processes at once*: K workers, with the threads
+  the strategies' workers get, each train the whole model on one micro-batch (b/M
+  samples) at the same time, and FLOPs ÷ the median step is the rate (a CPU reaches its
+  matmul peak only on large products, these layers are small, and K processes share the
+  cores with each other and with whatever else runs). Nothing else is fitted.
 """
 
 from __future__ import annotations
@@ -59,44 +59,52 @@ def _sample(model: str, samples: int):
     return torch.rand(samples, 1, 28, 28), torch.randint(10, (samples,))
 
 
-def achievable_flops(model: str, samples: int, repeats: int = 7) -> float:
-    """FLOP/s of one thread training ``model`` (default sizes) on ``samples`` samples:
-    training FLOPs ÷ the median step (forward, backward, Adam)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        net = build_model(model, seed=0)
-        optimizer = make_optimizer("adam", net.parameters(), 1e-3)
-        x, y = _sample(model, samples)
-        times = []
-        for repeat in range(repeats + 1):
-            start = time.perf_counter()
-            optimizer.zero_grad()
-            out = net(x)
-            F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
-            optimizer.step()
-            if repeat:
-                times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
+def rate_worker(rank: int, world_size: int, model: str, samples: int,
+                repeats: int = 7) -> float:
+    """FLOP/s of this worker training ``model`` (default sizes) on ``samples`` samples:
+    training FLOPs ÷ the median step (forward, backward, Adam), no communication."""
+    net = build_model(model, seed=0)
+    optimizer = make_optimizer("adam", net.parameters(), 1e-3)
+    x, y = _sample(model, samples)
+    times = []
+    for repeat in range(repeats + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        out = net(x)
+        F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
+        optimizer.step()
+        if repeat:
+            times.append(time.perf_counter() - start)
     return book_shape(model).flops_per_sample * samples / statistics.median(times)
 
 
-def for_workers(hw: Hardware, workers: int, flops: float | None = None) -> Hardware:
-    """This machine's profile as K worker processes see it (module docstring), with
-    ``flops`` per thread (default: the profile's)."""
-    share = launch.threads_per_worker(workers) * min(1.0, hw.devices_per_node / workers)
-    one = hw.fp32_flops if flops is None else flops
-    return replace(hw, fp32_flops=one * share, bf16_flops=one * share, efficiency=1.0)
+def achievable_flops(model: str, samples: int, workers: int) -> float:
+    """The median over ``workers`` processes computing at once of :func:`rate_worker`."""
+    return statistics.median(launch.run(rate_worker, workers, args=(model, samples),
+                                        backend="gloo", verbose=False))
+
+
+def for_workers(hw: Hardware, flops: float) -> Hardware:
+    """This machine's profile with ``flops`` per process, all of it achievable."""
+    return replace(hw, fp32_flops=flops, bf16_flops=flops, efficiency=1.0)
+
+
+def pipeline_step(result) -> float:
+    """The median of a pipeline's step-to-step times (its timeline), the first left out."""
+    starts = {}
+    for event in result.timeline:
+        starts[event.step] = min(event.start, starts.get(event.step, event.start))
+    ordered = [starts[k] for k in sorted(starts)]
+    return statistics.median(b - a for a, b in zip(ordered[1:], ordered[2:]))
 
 
 def _row(strategy, model, workers, config, batch, hw, measured, rates, held=None,
          formula=None, peak=None, predicted_peak=None, method="median of 5 steps"):
     samples = batch // (config.data * config.microbatches)
-    if (model, samples) not in rates:                 # measured once per size
-        rates[model, samples] = achievable_flops(model, samples)
-    rate = rates[model, samples]
-    predicted = step_time(book_shape(model), config, for_workers(hw, workers, rate), batch)
+    if (model, samples, workers) not in rates:        # measured once per size
+        rates[model, samples, workers] = achievable_flops(model, samples, workers)
+    rate = rates[model, samples, workers]
+    predicted = step_time(book_shape(model), config, for_workers(hw, rate), batch)
     return {"strategy": strategy, "model": model, "workers": workers,
             "config": config.label(), "held": held, "formula": formula,
             "peak": peak, "predicted_peak": predicted_peak,
@@ -121,11 +129,20 @@ def validate(workers: int = 2, model: str = "complex", batch: int = 32, trained=
                          rates, held, formula, max(r[variant]["peak"] for r in per_rank),
                          r0["predicted_peak"]))
     for strategy, name, k, config, options in trained:
-        result = train(TrainConfig(strategy=strategy, model=name, workers=k, steps=steps,
-                                   batch_size=batch, optimizer="adam", lr=1e-3, quiet=True,
-                                   **options))
-        rows.append(_row(strategy, name, k, config, batch, hw, result.seconds / steps,
-                         rates, method=f"mean of {steps} steps"))
+        def run(n):
+            return train(TrainConfig(strategy=strategy, model=name, workers=k, steps=n,
+                                     batch_size=batch, optimizer="adam", lr=1e-3,
+                                     quiet=True, **options))
+        result = run(steps + 2)
+        if result.timeline:
+            measured, method = pipeline_step(result), f"median of {steps} steps"
+        else:        # two runs: the difference leaves out the first two steps' warm-up
+            measured = (result.seconds - run(2).seconds) / steps
+            method = f"mean of {steps} steps (after 2)"
+            if measured <= 0:
+                measured, method = result.seconds / (steps + 2), f"mean of {steps + 2} steps"
+        rows.append(_row(strategy, name, k, config, batch, hw, measured, rates,
+                         method=method))
     return rows
 
 
