@@ -10,7 +10,10 @@ micro-batches per replica. One rank holds Ψ = N/(T·P) parameters' states and
   parameters too (:func:`parcourse.data_parallel.zero_ledger.ideal_bytes_per_parameter`).
   For the book's own models on one stage and one tensor rank in fp32 the exact ledger,
   padding and Adam's step counters included, is used
-  (:func:`~parcourse.data_parallel.zero_ledger.state_bytes`): it is what the runs hold.
+  (:func:`~parcourse.data_parallel.zero_ledger.state_bytes`): it is what the runs hold;
+  with a pipeline (no ZeRO) the stages are the pipeline strategies' own cut
+  (:func:`parcourse.model_parallel.partition.partition`, by parameters), and
+  :func:`stage_state_bytes` gives each stage's exact bytes.
 * **activations** — per transformer layer, the bytes of
   :func:`parcourse.bench.transformer_memory.activation_bytes` (16·sbh + a·s²·b + 4·sb
   numbers of e bytes, split by T with sequence parallelism), for the L/P layers of a stage,
@@ -30,6 +33,8 @@ import torch
 
 from ..bench.transformer_memory import activation_bytes
 from ..data_parallel import zero_ledger
+from ..model_parallel.partition import partition
+from ..models import build_model
 from .models import ModelShape
 
 VARIANT = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}
@@ -68,8 +73,27 @@ def exact_states(model: ModelShape, config: Config) -> bool:
         and config.tensor == 1 and config.pipeline == 1 and config.precision == "fp32"
 
 
+def stage_state_bytes(book: str, ranges) -> list[dict]:
+    """Exact fp32 Adam bytes of each pipeline stage holding the layers ``ranges`` of the
+    book's model: 4 + 4 + 8 bytes per parameter and a 4-byte step counter per tensor."""
+    model = build_model(book)
+    out = []
+    for start, end in ranges:
+        params = list(model[start:end].parameters())
+        n = sum(p.numel() for p in params)
+        out.append({"parameters": 4 * n, "gradients": 4 * n,
+                    "optimizer state": 8 * n + zero_ledger.STEP_BYTES * len(params)})
+    return out
+
+
 def state_bytes(model: ModelShape, config: Config) -> dict:
-    """Bytes of parameters, gradients and optimizer state on one rank."""
+    """Bytes of parameters, gradients and optimizer state on one rank (with a pipeline:
+    the busiest stage's)."""
+    if model.book in ("simple", "complex") and config.pipeline > 1 and config.tensor == 1 \
+            and config.zero == 0 and config.precision == "fp32":
+        stages = stage_state_bytes(model.book, partition(build_model(model.book),
+                                                         config.pipeline))
+        return max(stages, key=lambda held: sum(held.values()))
     if exact_states(model, config):
         return zero_ledger.state_bytes(model.book, VARIANT[config.zero], config.data,
                                        "adam", torch.float32)

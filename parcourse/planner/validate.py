@@ -35,7 +35,7 @@ from ..models import build_model
 from ..training.loop import make_optimizer
 from ..training import TrainConfig, train
 from .hardware import Hardware, this_machine
-from .memory import Config, state_bytes
+from .memory import Config, stage_state_bytes, state_bytes
 from .models import book_shape
 from .time import step_time
 
@@ -109,7 +109,8 @@ def _row(strategy, model, workers, config, batch, hw, measured, rates, held=None
             "config": config.label(), "held": held, "formula": formula,
             "peak": peak, "predicted_peak": predicted_peak,
             "measured_s": measured, "predicted_s": predicted["step"], "terms": predicted,
-            "flops": rate, "error": predicted["step"] / measured - 1, "method": method}
+            "flops": rate, "held_from": "held tensors, every rank",
+            "error": predicted["step"] / measured - 1, "method": method}
 
 
 def validate(workers: int = 2, model: str = "complex", batch: int = 32, trained=TRAINED,
@@ -141,8 +142,13 @@ def validate(workers: int = 2, model: str = "complex", batch: int = 32, trained=
             method = f"mean of {steps} steps (after 2)"
             if measured <= 0:
                 measured, method = result.seconds / (steps + 2), f"mean of {steps + 2} steps"
-        rows.append(_row(strategy, name, k, config, batch, hw, measured, rates,
-                         method=method))
+        row = _row(strategy, name, k, config, batch, hw, measured, rates, method=method)
+        if result.stage_layers and config.tensor == 1:   # the run's own cut, counted
+            stages = stage_state_bytes(name, result.stage_layers)
+            row["held"] = [max(stages, key=lambda held: sum(held.values()))]
+            row["formula"] = state_bytes(book_shape(name), config)
+            row["held_from"] = "the run's stages"
+        rows.append(row)
     return rows
 
 
@@ -152,15 +158,19 @@ def _kib(x) -> str:
 
 def format_validation(rows: list[dict]) -> str:
     """The table: state bytes measured = predicted, peak, step time and the error."""
-    lines = [f"{'strategy':<14}{'model':<9}{'K':>2} {'states KiB, every rank (pred.)':<34}"
+    lines = ["states: held tensors on every rank; (cut): the busiest stage of the run's own "
+             "partition, counted",
+             f"{'strategy':<14}{'model':<9}{'K':>2} {'states KiB, every rank (pred.)':<34}"
              f"{'peak KiB':>9}{'pred.':>9}{'step ms':>9}{'pred. ms':>9}{'error':>8}  measured"]
     for r in rows:
         if r["held"] is not None:
             total = [sum(h[k] for k in KINDS) for h in r["held"]]
             same = all(h == r["formula"] for h in r["held"])
             states = (f"{'/'.join(_kib(t) for t in total)} {'=' if same else '≠'} "
-                      f"{_kib(sum(r['formula'][k] for k in KINDS))}")
-            peak = f"{_kib(r['peak']):>9}{_kib(r['predicted_peak']):>9}"
+                      f"{_kib(sum(r['formula'][k] for k in KINDS))}"
+                      + (" (cut)" if r["held_from"] == "the run's stages" else ""))
+            peak = (f"{_kib(r['peak']):>9}{_kib(r['predicted_peak']):>9}"
+                    if r["peak"] is not None else f"{'—':>9}{'—':>9}")
         else:
             states, peak = "—", f"{'—':>9}{'—':>9}"
         lines.append(f"{r['strategy']:<14}{r['model']:<9}{r['workers']:>2} {states:<34}{peak}"

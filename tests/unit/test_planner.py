@@ -134,3 +134,14 @@ def test_this_machine_is_cached(tmp_path, monkeypatch):
     assert hardware.this_machine() == stored
     assert str(hardware.cache_file()).startswith(str(tmp_path))
     assert GIB == 1 << 30
+
+
+def test_pipeline_states_are_the_strategies_own_cut():
+    from parcourse.model_parallel.partition import partition
+    from parcourse.planner.memory import stage_state_bytes
+    ranges = partition(build_model("complex"), 2)
+    stages = stage_state_bytes("complex", ranges)
+    whole = zero_ledger.state_bytes("complex", "ddp", 1, "adam", torch.float32)
+    assert {k: sum(s[k] for s in stages) for k in whole} == whole   # the stages add up
+    busiest = state_bytes(book_shape("complex"), Config(1, pipeline=2, microbatches=4))
+    assert busiest == max(stages, key=lambda s: sum(s.values()))
