@@ -1,4 +1,5 @@
-"""Command line: ``python -m parcourse train --strategy ... --workers K ...``.
+"""Command line: ``python -m parcourse train --strategy ... --workers K ...``; ``bench``;
+``plan`` (the planner of chapter 4, :mod:`parcourse.planner.command`).
 
 Runs standalone (it starts its own workers) and unchanged under an external launcher:
 ``torchrun --standalone --nproc-per-node K -m parcourse train --strategy ddp ...`` or
@@ -21,6 +22,7 @@ from .models import MODELS
 from .training import DATASETS, DTYPES, OPTIMIZERS, REGISTRY, TrainConfig, train
 from .bench import command as bench_command
 from .bench import gpt as bench_gpt
+from .planner import command as plan_command
 from .training.registry import option_help
 
 
@@ -178,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "runtime.")
     h.add_argument("--python", default=sys.executable, metavar="PATH",
                    help="the Python whose environment gets Horovod (default: this one)")
+    plan_command.add_parser(commands)
     return parser
 
 
@@ -267,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         from .horovod_install import install
 
         return install(args.python)
-    return {"train": train_command, "bench": bench_command.run}[args.command](args)
+    return {"train": train_command, "bench": bench_command.run,
+            "plan": plan_command.run}[args.command](args)
 
 
 if __name__ == "__main__":
