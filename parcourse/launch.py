@@ -189,6 +189,10 @@ def _stop(processes: list, finished: bool, grace: float = 5.0) -> None:
     for process in processes:
         if process.is_alive():
             process.terminate()
+            try:  # a stopped (SIGSTOP, frozen) worker acts on SIGTERM only once it runs
+                os.kill(process.pid, signal.SIGCONT)
+            except (ProcessLookupError, AttributeError):
+                pass
     deadline = time.monotonic() + grace
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
