@@ -28,7 +28,6 @@ def single(tmp_path_factory):
 
 
 @pytest.mark.parametrize("workers, extra", [
-    (4, ["--microbatches", "2"]),                                    # R 1 × P 2 × T 2
     (8, ["--microbatches", "2", "--sequence-parallel"]),             # R 2 × P 2 × T 2
     (6, ["--stages", "3", "--microbatches", "4", "--sequence-parallel"]),  # R 1 × P 3 × T 2
     (4, ["--stages", "1", "--tensor", "4"]),                         # R 1 × P 1 × T 4
