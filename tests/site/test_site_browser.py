@@ -144,12 +144,18 @@ MATH_DONE = """() => {  // MathJax has typeset the page (or the page loads no Ma
     if (!document.querySelector('script[src*="mathjax/"]')) return true;
     const mathjax = window.MathJax;  // the configuration object until MathJax has loaded
     if (!mathjax || !mathjax.startup || !mathjax.startup.promise) return false;
-    if (!window.parcourseMathWatched) {
-        window.parcourseMathWatched = true;
-        mathjax.startup.promise.then(() => { window.parcourseMathDone = true; });
+    const latest = mathjax.startup.promise;  // a later typeset chains a new promise here
+    if (window.parcourseMathWatched !== latest) {
+        window.parcourseMathWatched = latest;
+        window.parcourseMathDone = false;
+        latest.then(() => { if (window.parcourseMathWatched === latest)
+                                window.parcourseMathDone = true; },
+                    (error) => { window.parcourseMathError = String(error);
+                                 window.parcourseMathDone = true; });
     }
     return window.parcourseMathDone === true;
 }"""
+MATH_ERROR = "() => window.parcourseMathError || null"  # a typeset that failed, if any
 PLOT_DATA = "el => JSON.stringify(el.data.map(t => [t.x, t.y]))"  # what Plotly draws
 
 
@@ -235,6 +241,7 @@ def test_page_works_offline_in_a_real_browser(chromium, book_site, docname):
                                                  book_site)
     try:
         page.wait_for_function(MATH_DONE, timeout=WAIT_MS)
+        assert page.evaluate(MATH_ERROR) is None  # MathJax's typeset settled without error
         assert page.locator("mjx-merror").count() == 0  # every formula parsed
         shot = SCREENSHOT_PAGES.get(docname)
         if shot:  # the top of the page, as a reader first sees it
