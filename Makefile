@@ -1,6 +1,6 @@
 # Two commands from a fresh clone:
 #   make book   build the static site into _build/html (executes every notebook)
-#   make test   unit tests, every notebook under nbmake, and the book with warnings as errors
+#   make test   unit tests, every notebook as a Colab reader runs it, the book with warnings as errors
 #   make check  the fast loop: the in-process unit tests only (tests/unit/)
 # Both create the virtual environment .venv by themselves (the first time, ~5 minutes:
 # Horovod 0.28.1 is compiled from source with a two-line C++17 patch, see scripts/).
@@ -37,8 +37,9 @@ $(MERMAID): scripts/install-mermaid.sh | $(STAMP)
 book: $(STAMP) $(MERMAID)
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 
+# TORCH_INDEX also reaches the Colab-reader test, which installs torch into a fresh venv.
 test: $(STAMP) $(MERMAID) browser
-	$(BIN)/python -m pytest
+	TORCH_INDEX="$(TORCH_INDEX)" $(BIN)/python -m pytest
 
 # The fast loop: the unit tests, in this process only (no workers, no book), in well
 # under two minutes. `make test` runs them too, with everything else.

@@ -211,6 +211,22 @@ _SCRIPT = Template("""(function () {
 })();""")
 
 
+def _check_every_slider_moves(grid: dict[str, list], start: dict[str, int],
+                              points: dict[str, list]) -> None:
+    """A reader's first move of any slider (one step, from the initial point) must redraw
+    the figure: a slider that changes nothing there reads as a broken figure."""
+    at = [start[name] for name in grid]
+    for i, name in enumerate(grid):
+        if len(grid[name]) < 2:
+            continue
+        moved = list(at)
+        moved[i] += -1 if at[i] == len(grid[name]) - 1 else 1
+        if points[",".join(map(str, moved))] == points[",".join(map(str, at))]:
+            where = ", ".join(f"{n}={grid[n][j]!r}" for n, j in zip(grid, at))
+            raise ValueError(f"slider {name!r} does not change the figure at the initial "
+                             f"point ({where}): drop it, or start where it matters")
+
+
 def _static_html(fn, grid: dict[str, list], start: dict[str, int], *, height: int,
                  **labels) -> str:
     """The static twin: ``fn`` on every grid point, embedded with sliders and a script."""
@@ -219,6 +235,7 @@ def _static_html(fn, grid: dict[str, list], start: dict[str, int], *, height: in
     for index in itertools.product(*(range(len(grid[name])) for name in names)):
         params = {name: grid[name][i] for name, i in zip(names, index)}
         points[",".join(map(str, index))] = _curves(fn(**params))
+    _check_every_slider_moves(grid, start, points)
     spec = {"params": names, "labels": {name: [str(v) for v in grid[name]] for name in names},
             "points": points, "layout": _layout(**labels)}
     payload = (json.dumps(spec, separators=(",", ":"), allow_nan=False)

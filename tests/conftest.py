@@ -14,12 +14,24 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"unit": "unit", "distributed": "distributed", "site": "site"}  # folder → marker
 
 
+FIRST = "test_notebooks_alone.py"  # its reader runs fill the book's execution cache
+
+
 def pytest_collection_modifyitems(items):
-    """Mark each test by its folder: ``-m unit``, ``-m distributed``, ``-m site``."""
+    """Mark each test by its folder: ``-m unit``, ``-m distributed``, ``-m site``; and run
+    the notebooks alone (tests/site/test_notebooks_alone.py) before the rest of the site
+    tests, so that the book's build shows their outputs instead of executing them again."""
     for item in items:
         folder = Path(str(item.fspath)).parent.name
         if folder in FOLDERS:
             item.add_marker(FOLDERS[folder])
+    site = [i for i, item in enumerate(items) if Path(str(item.fspath)).parent.name == "site"]
+    if site:
+        block = [items[i] for i in site]
+        block.sort(key=lambda item: Path(str(item.fspath)).name != FIRST)  # stable
+        for i, item in zip(site, block):
+            items[i] = item
+
 HTML = ROOT / "_build" / "html"
 # The runs that prove a strategy equal to --strategy single: float64, so that the
 # tolerance has a reason (parcourse.compare.FLOAT64_TOLERANCE) and holds on any machine.
@@ -56,7 +68,8 @@ def book_build() -> subprocess.CompletedProcess:
     """``jupyter-book build`` of the whole book with Sphinx warnings as errors, run once.
 
     Notebooks run again only where ``_build/.jupyter_cache`` holds no output for their
-    current code. tests/site/test_book.py asserts that the build succeeded and what it wrote;
+    current code (in ``make test``, tests/site/test_notebooks_alone.py has just put there
+    the outputs of each notebook's run in a reader's environment). tests/site/test_book.py asserts that the build succeeded and what it wrote;
     tests/site/test_site_browser.py opens every page of it in a real browser.
     """
     jupyter_book = Path(sys.executable).with_name("jupyter-book")

@@ -94,7 +94,7 @@ def test_bibliography_defines_every_shared_citation_key_once():
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_starts_with_the_install_cell_and_stores_no_outputs(notebook):
+def test_notebook_starts_with_the_install_cell_and_stores_no_outputs_and_ids(notebook):
     nb = json.loads(notebook.read_text())
     first = nb["cells"][0]
     assert first["cell_type"] == "code" and "".join(first["source"]) == install_cell()
@@ -103,6 +103,8 @@ def test_notebook_starts_with_the_install_cell_and_stores_no_outputs(notebook):
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
             assert cell["outputs"] == [] and cell["execution_count"] is None
+    ids = [cell.get("id") for cell in nb["cells"]]  # nbformat 4.5: every cell has its own id
+    assert None not in ids and len(set(ids)) == len(ids)
 
 
 def test_requirements_never_pin_torch_exactly():

@@ -108,6 +108,21 @@ def test_bad_grids_are_refused(grid, initial, message):
                         static=True)
 
 
+def test_a_slider_that_does_not_change_the_figure_at_the_start_is_refused(shown):
+    def only_interleaved_uses_chunks(schedule, chunks):
+        return {"t": ([0, 1], [0, chunks if schedule == "interleaved" else 0])}
+
+    grid = {"schedule": ["1f1b", "interleaved"], "chunks": [1, 2]}
+    with pytest.raises(ValueError, match=r"^slider 'chunks' does not change the figure at the "
+                       r"initial point \(schedule='1f1b', chunks=1\): drop it, or start where"):
+        widgets.explore(only_interleaved_uses_chunks, grid, title="t", x_label="x",
+                        y_label="y", static=True)
+    assert shown == []
+    widgets.explore(only_interleaved_uses_chunks, grid, initial={"schedule": "interleaved"},
+                    title="t", x_label="x", y_label="y", static=True)
+    assert len(shown) == 1  # from where both sliders matter, the figure is built
+
+
 def test_bad_results_of_fn_are_refused(shown):
     for result, message in [({}, "non-empty dict"), ({"s": ([1, 2], [1])}, "2 x values"),
                             ({"s": widgets.Series([1], [1], mode="bars")}, "mode must be")]:

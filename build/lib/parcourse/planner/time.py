@@ -1,0 +1,112 @@
+"""Step time of one parallel configuration (chapter 4, "Step time").
+
+Ranks are numbered tensor fastest, then data, then pipeline (Megatron-LM's order), so a
+tensor group is T neighbours, a data group R ranks T apart and a pipeline P ranks T·R
+apart; a group that spans nodes pays the network's α and β (:mod:`.hardware`).
+
+* **compute** = FLOPs ÷ achievable FLOP/s: F·b/(T·P) per rank for b = B/R samples per
+  replica (F: training FLOPs per sample, 6N + 12·L·d·s per token, :mod:`.models`), × 4/3
+  with recomputation (a second forward).
+* **bubble** — with a pipeline the step lasts compute ÷ (1 − β_P), β_P = (P − 1)/(M + P − 1)
+  the idle share of GPipe and 1F1B (:func:`parcourse.model_parallel.schedules.bubble_theory`).
+* **pipeline messages** — each of the M + P − 1 slots of the critical path sends one
+  micro-batch's activation (b/M·s·h·e bytes) forward and its gradient back: 2(M + P − 1)
+  messages of α + nβ.
+* **tensor** — 4 ring all-reduces of b/M·s·h·e bytes per layer and micro-batch (two in
+  forward, two in backward; sequence parallelism's all-gathers and reduce-scatters move
+  the same bytes), 6 with recomputation; on the critical path.
+* **data** — the gradients of the rank's Ψ parameters: a ring all-reduce (ZeRO-0), a
+  reduce-scatter and an all-gather (ZeRO-1, 2: the same bytes), two all-gathers and a
+  reduce-scatter (ZeRO-3), one collective per bucket or group
+  (:func:`parcourse.collectives.predicted_seconds`). Assumed overlap: on a GPU the
+  traffic runs behind the backward pass (ZeRO-3's forward gathers behind the forward), so
+  only what exceeds it counts; on this CPU the same cores compute and communicate, so all
+  of it counts.
+
+The optimizer step (memory-bound, ~16 bytes read and written per parameter) is left
+out: it is small next to the rest for the models planned here.
+"""
+
+from __future__ import annotations
+
+from ..collectives import predicted_seconds
+from ..data_parallel.flat_shards import group_parameters
+from ..model_parallel.schedules import bubble_theory
+from ..models import build_model
+from .hardware import Hardware
+from .memory import Config, element
+from .models import ModelShape
+
+BUCKET_BYTES = 25 << 20   # DDP's default bucket
+
+
+def collective_counts(model: ModelShape, config: Config) -> int:
+    """Collectives per gradient pass: the ZeRO engine's groups for the book's models
+    (one per parameter under ZeRO-3, 1 MiB buckets otherwise), DDP's 25 MiB buckets."""
+    if config.zero and model.book in ("simple", "complex") and config.pipeline == 1 \
+            and config.tensor == 1:
+        grouped = group_parameters(build_model(model.book), None if config.zero == 3
+                                   else 1 << 20)
+        return len(grouped)
+    nbytes = model.parameters / (config.tensor * config.pipeline) * element(config.precision)
+    if config.zero == 3:
+        return max(1, model.layers // config.pipeline)
+    return max(1, -(-int(nbytes) // BUCKET_BYTES))
+
+
+def data_seconds(model: ModelShape, config: Config, hw: Hardware) -> float:
+    """The data-parallel gradient (and ZeRO-3 parameter) traffic of one step."""
+    r = config.data
+    if r == 1:
+        return 0.0
+    alpha, beta = hw.link(r, config.tensor)
+    groups = collective_counts(model, config)
+    nbytes = model.parameters / (config.tensor * config.pipeline) * element(config.precision)
+    per = nbytes / groups
+    if config.zero == 0:
+        return groups * predicted_seconds("ring", per, r, alpha, beta)
+    gather = predicted_seconds("ring", per, r, alpha, beta, "all_gather")
+    scatter = predicted_seconds("ring", per, r, alpha, beta, "reduce_scatter")
+    return groups * (scatter + gather * (2 if config.zero == 3 else 1))
+
+
+def tensor_seconds(model: ModelShape, config: Config, hw: Hardware, batch: int) -> float:
+    t = config.tensor
+    if t == 1 or not model.transformer:
+        return 0.0
+    alpha, beta = hw.link(t)
+    micro = batch / (config.data * config.microbatches)
+    nbytes = micro * model.sequence * model.width * element(config.precision)
+    calls = (6 if config.recompute else 4) * (model.layers / config.pipeline)
+    return config.microbatches * calls * predicted_seconds("ring", nbytes, t, alpha, beta)
+
+
+def pipeline_seconds(model: ModelShape, config: Config, hw: Hardware, batch: int) -> float:
+    p, m = config.pipeline, config.microbatches
+    if p == 1:
+        return 0.0
+    alpha, beta = hw.link(2, config.tensor * config.data)
+    micro = batch / (config.data * m)
+    width = model.sequence * model.width if model.transformer else \
+        model.activation_per_sample / max(2 * model.layers, 1) / 4
+    nbytes = micro * width * element(config.precision) / config.tensor
+    return 2 * (m + p - 1) * (alpha + nbytes * beta)
+
+
+def step_time(model: ModelShape, config: Config, hw: Hardware, batch: int) -> dict:
+    """Seconds of one step by term, and their sum ("step")."""
+    flops = model.flops_per_sample * batch / config.data / (config.tensor * config.pipeline)
+    compute = flops / hw.flops(config.precision) * (4 / 3 if config.recompute else 1)
+    bubble = compute / (1 - bubble_theory(config.pipeline, config.microbatches)) - compute
+    data = data_seconds(model, config, hw)
+    exposed = data
+    if hw.overlap:
+        hidden = compute if config.zero == 3 else compute * 2 / 3
+        exposed = max(0.0, data - hidden)
+    terms = {"compute": compute, "bubble": bubble,
+             "pipeline": pipeline_seconds(model, config, hw, batch),
+             "tensor": tensor_seconds(model, config, hw, batch),
+             "data": exposed}
+    terms["step"] = sum(terms.values())
+    terms["data (all)"] = data
+    return terms
