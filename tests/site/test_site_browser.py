@@ -157,6 +157,15 @@ MATH_DONE = """() => {  // MathJax has typeset the page (or the page loads no Ma
 }"""
 MATH_ERROR = "() => window.parcourseMathError || null"  # a typeset that failed, if any
 PLOT_DATA = "el => JSON.stringify(el.data.map(t => [t.x, t.y]))"  # what Plotly draws
+WIDTHS = (1280, 390)  # a laptop's window and a phone's
+OVERFLOW = """() => {  // what a reader would have to scroll sideways for, or could not see
+    const wide = Array.from(document.querySelectorAll('.cell_output pre, .output pre, article table'))
+        .filter(e => e.scrollWidth > e.clientWidth + 1)
+        .map(e => (e.innerText || '').trim().split('\\n')[0].slice(0, 80));
+    const page = document.documentElement.scrollWidth;
+    if (page > window.innerWidth + 1) wide.push(`the page itself: ${page} px`);
+    return wide;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +273,12 @@ def test_page_works_offline_in_a_real_browser(chromium, book_site, docname):
 
         if shot and figures.count():  # the first figure after its sliders moved
             figures.first.screenshot(path=str(SCREENSHOTS / f"{shot}-figure.png"))
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        for width in WIDTHS:  # nothing wider than its column; the top of the page, saved
+            page.set_viewport_size({"width": width, "height": 900})
+            page.evaluate("window.scrollTo(0, 0)")
+            assert page.evaluate(OVERFLOW) == [], f"wider than its column at {width} px"
+            page.screenshot(path=str(SCREENSHOTS / f"{docname.replace('/', '-')}-{width}.png"))
         page.wait_for_load_state("networkidle", timeout=WAIT_MS)
     except Exception as failure:  # a wait that timed out often has a console error behind it
         raise AssertionError(f"{failure}\nconsole errors: {errors}\nrequests that left the "
