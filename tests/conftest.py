@@ -48,6 +48,31 @@ def parcourse(*args, launcher=(sys.executable, "-m", "parcourse"), timeout=180, 
                           cwd=ROOT, env=env)
 
 
+@pytest.fixture
+def in_process(capsys, monkeypatch):
+    """``in_process(*args)`` runs the command line's ``main(args)`` in this process from
+    the repository's root; returns ``(exit status, stdout, stderr)``. For input refused
+    before any work starts it prints what ``python -m parcourse`` prints (the tables of
+    bad input use it; one case of each also runs as a real command, to prove that), without
+    starting an interpreter per case."""
+    from parcourse.__main__ import main
+
+    monkeypatch.chdir(ROOT)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "HOROVOD_RANK"):
+        monkeypatch.delenv(name, raising=False)  # as a command started by hand
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            status = main(list(args))
+        except SystemExit as stop:
+            status = stop.code
+        out = capsys.readouterr()
+        return status, out.out, out.err
+
+    return run
+
+
 def train_and_load(folder, name, *args, launcher=(sys.executable, "-m", "parcourse"),
                    common=COMMON, env=None):
     """Train with ``common + args``, save to ``folder/name.pt`` and return the state_dict."""

@@ -185,11 +185,14 @@ def test_help_documents_every_option():
     (["--workers", "two"], "python -m parcourse train: error: argument --workers: invalid int "
                            "value: 'two' (see --help)"),
 ])
-def test_bad_input_exits_2_with_one_line(args, message):
-    done = parcourse("train", *args)
-    assert done.returncode == 2
-    assert done.stdout == ""
-    assert done.stderr == message + "\n"
+def test_bad_input_exits_2_with_one_line(in_process, args, message):
+    assert in_process("train", *args) == (2, "", message + "\n")
+
+
+def test_the_command_prints_the_same_one_line_error_as_main():
+    done = parcourse("train", "--steps", "-1")
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2, "", ERR + "--steps must be at least 1 (got -1)\n")
 
 
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="this machine has two GPUs")

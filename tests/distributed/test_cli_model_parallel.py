@@ -90,9 +90,8 @@ def test_pipeline_under_torchrun(tmp_path, single):
      "--checkpoint and --resume do not apply to --strategy horovod-elastic, which commits its "
      "state in memory every 10 steps"),
 ])
-def test_bad_model_parallel_input_exits_2_before_any_worker_starts(args, message):
-    done = parcourse("train", *COMMON, *args, timeout=60)
-    assert (done.returncode, done.stdout, done.stderr) == (2, "", ERR + message + "\n")
+def test_bad_model_parallel_input_exits_2_before_any_worker_starts(in_process, args, message):
+    assert in_process("train", *COMMON, *args) == (2, "", ERR + message + "\n")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -108,7 +107,12 @@ def test_bad_model_parallel_input_exits_2_before_any_worker_starts(args, message
      "micro-batches through each chunk in groups of P = 2; use 2 or 4"),
     (["--receives", "later"], "unknown --receives 'later': choose one of step, ahead, needed"),
 ])
-def test_bad_pipeline_benchmark_input_exits_2_with_one_line(args, message):
-    done = parcourse("bench", "pipeline", *args, timeout=60)
-    assert done.returncode == 2
-    assert done.stderr == "python -m parcourse bench: error: " + message + "\n"
+def test_bad_pipeline_benchmark_input_exits_2_with_one_line(in_process, args, message):
+    status, _, stderr = in_process("bench", "pipeline", *args)
+    assert (status, stderr) == (2, "python -m parcourse bench: error: " + message + "\n")
+
+
+def test_the_benchmark_command_prints_the_same_one_line_error():
+    done = parcourse("bench", "pipeline", "--repeats", "0", timeout=60)
+    assert (done.returncode, done.stderr) == (
+        2, "python -m parcourse bench: error: --repeats must be at least 1 (got 0)\n")
