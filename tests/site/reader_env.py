@@ -4,8 +4,8 @@ Colab gives a reader a Python that has torch (and the Triton its torch ships wit
 nothing of this repository. The reader opens one notebook; its first cell pip-installs
 the package. :func:`create` builds that: a fresh virtual environment, torch and Triton at
 this environment's versions, then only ``pip install`` of the repository (a wheel built
-from it, which pulls ``requirements.txt``) and what executes a notebook (nbclient,
-ipykernel). No dev requirements, no Horovod, no checkout beside the notebook.
+from a clean copy of its files, which pulls ``requirements.txt``) and what executes a
+notebook (nbclient, ipykernel). No dev requirements, no Horovod, no checkout beside the notebook.
 
 :func:`share_with_book` hands a reader run's outputs to the book's build (Jupyter Book's
 execution cache, keyed on the notebook's code), so that ``make test`` executes each
@@ -41,8 +41,9 @@ def create(folder: Path) -> Path:
     python = folder / "bin" / "python"
     index = os.environ.get("TORCH_INDEX")
     preinstalled = [pinned("torch")] + ([pinned("triton")] if _installed("triton") else [])
+    source = clean_copy(folder.parent / "repository")
     steps = [([*preinstalled, *(["--index-url", index] if index else [])], "torch"),
-             ([str(ROOT), *RUNNERS], "the repository")]
+             ([str(source), *RUNNERS], "the repository")]
     for args, what in steps:
         done = subprocess.run([str(python), "-m", "pip", "install", "-q", *args],
                               capture_output=True, text=True, cwd=folder)
@@ -50,6 +51,21 @@ def create(folder: Path) -> Path:
             raise RuntimeError(f"installing {what} into the reader's environment failed:\n"
                                + (done.stdout + done.stderr)[-3000:])
     return python
+
+
+def clean_copy(target: Path) -> Path:
+    """The repository's files as a clone has them (tracked, and new files git does not
+    ignore) copied to ``target``: pip builds its wheel there, as from a fresh clone, and
+    writes nothing (``build/``, ``*.egg-info``) into the working tree."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=ROOT, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        path = ROOT / name
+        if path.is_file():  # a deleted but still tracked file is skipped
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / name)
+    return target
 
 
 def _installed(name: str) -> bool:
