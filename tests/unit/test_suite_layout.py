@@ -5,6 +5,8 @@ collection with "import file mismatch". Checked here, in the fast loop."""
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -13,6 +15,7 @@ def test_no_two_test_files_share_a_basename():
     assert [name for name, count in names.items() if count > 1] == []
 
 
+@pytest.mark.distributed  # it runs git
 def test_the_repository_tracks_no_build_output():
     """What pip, setuptools and the book's build write (build/, *.egg-info, _build/) stays
     out of the repository: .gitignore covers it, and nothing of it is committed."""
