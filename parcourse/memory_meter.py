@@ -29,9 +29,29 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's shard on this rank (FSDP2's parameters, gradients and state); else t."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Total bytes of the given tensors' elements (``numel × element size``)."""
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Total bytes of the given tensors' elements on this rank (``numel × element size``;
+    of a DTensor, its local shard)."""
+    return sum(_local(t).numel() * t.element_size() for t in tensors)
+
+
+def held_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
+                     ) -> dict[str, int]:
+    """Bytes of parameters, gradients and optimizer state this process holds right now,
+    counted from the tensors (ZeroRedundancyOptimizer: its inner optimizer's share)."""
+    params = list(model.parameters())
+    inner = getattr(optimizer, "optim", None)
+    local = inner if isinstance(inner, torch.optim.Optimizer) else optimizer
+    state = [value for per in (local.state.values() if local is not None else ())
+             for value in per.values() if torch.is_tensor(value)]
+    return {"parameters": tensor_bytes(params),
+            "gradients": tensor_bytes(p.grad for p in params if p.grad is not None),
+            "optimizer state": tensor_bytes(state)}
 
 
 class LiveBytes(TorchDispatchMode):

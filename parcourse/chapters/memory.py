@@ -30,31 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import launch
+from ..memory_meter import held_state_bytes, tensor_bytes  # noqa: F401 (re-exported)
 from ..models import IMAGE_SHAPE, NUM_CLASSES, build_model
 
 KINDS = ("parameters", "gradients", "optimizer state")
 VARIANTS = ("ddp", "zero-1")
 
 
-def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Total bytes of the given tensors' elements (``numel × element size``)."""
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _local_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    # ZeroRedundancyOptimizer keeps this rank's share of the state in an inner ``.optim``.
-    inner = getattr(optimizer, "optim", None)
-    return inner if isinstance(inner, torch.optim.Optimizer) else optimizer
-
-
 def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
     """Bytes of parameters, gradients and optimizer state this process holds right now."""
-    params = list(model.parameters())
-    optimizer_tensors = [value for state in _local_optimizer(optimizer).state.values()
-                         for value in state.values() if torch.is_tensor(value)]
-    return {"parameters": tensor_bytes(params),
-            "gradients": tensor_bytes(p.grad for p in params if p.grad is not None),
-            "optimizer state": tensor_bytes(optimizer_tensors)}
+    return held_state_bytes(model, optimizer)
 
 
 def one_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,

@@ -9,8 +9,9 @@ reach 40–55 % of it (Narayanan et al., 2021, report 52 % on A100s), so the GPU
 take 0.5 — an assumption, stated in every plan, never a measurement.
 
 Profiles: ``this-machine`` is measured (peak matmul of one thread, :mod:`parcourse.roofline`;
-α and β from a ping-pong between two worker processes, :mod:`parcourse.bench.allreduce`)
-and cached as JSON in the user's cache folder; ``h100``, ``h200``, ``a100`` and ``t4`` are
+α and β from a ping-pong between two worker processes, :mod:`parcourse.bench.allreduce`;
+its collectives as training issues them, :mod:`.measured`, which replace the α–β
+model's collective times where they are measured) and cached as JSON in the user's cache folder; ``h100``, ``h200``, ``a100`` and ``t4`` are
 one 8-GPU node (the T4: 4 on PCIe) from the datasheets; ``8xh100-ib`` is 8-GPU H100 nodes
 joined by 400 Gb/s InfiniBand, one adapter per GPU.
 """
@@ -22,6 +23,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from ..collectives import predicted_seconds
 from ..errors import ConfigError
 from ..kernels.devices import DATASHEETS
 
@@ -44,6 +46,7 @@ class Hardware:
     overlap: bool            # can gradient traffic run behind the backward pass?
     source: str
     nodes: int = 1
+    collectives: dict | None = None   # measured seconds per call (:mod:`.measured`), or None
 
     @property
     def devices(self) -> int:
@@ -59,6 +62,19 @@ class Hardware:
         inside = group * stride <= self.devices_per_node
         return ((self.intra_alpha, self.intra_beta) if inside
                 else (self.inter_alpha, self.inter_beta))
+
+    def collective(self, name: str, nbytes: float, group: int, stride: int = 1) -> float:
+        """Seconds of one ring collective on a whole tensor of ``nbytes`` over ``group``
+        ranks ``stride`` apart: the measured table where it has this K, else α–β."""
+        if group == 1:
+            return 0.0
+        if self.collectives is not None:
+            from .measured import seconds
+            measured = seconds(self.collectives, name, group, nbytes)
+            if measured is not None:
+                return measured
+        alpha, beta = self.link(group, stride)
+        return predicted_seconds("ring", nbytes, group, alpha, beta, name)
 
     def with_devices(self, devices: int) -> "Hardware":
         """The same machines, ``devices`` in all (whole nodes, or part of one)."""
@@ -113,11 +129,13 @@ def cache_file() -> Path:
 
 def measure_this_machine() -> Hardware:
     """Measure this machine: one thread's peak matmul FLOP/s times the cores; α and β of
-    a ping-pong between two CPU workers (gloo); total memory shared by the devices."""
+    a ping-pong between two CPU workers (gloo); the collectives as training issues them,
+    over 2 and 4 workers (:mod:`.measured`); total memory shared by the devices."""
     import torch
 
     from .. import roofline
     from ..bench.allreduce import measure_alpha_beta
+    from . import measured
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -130,7 +148,8 @@ def measure_this_machine() -> Hardware:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return Hardware("this-machine", cores, memory / cores, one, one, 1.0, fit.alpha,
                     fit.beta, fit.alpha, fit.beta, False,
-                    f"measured here: one thread's matmul × {cores} cores, gloo ping-pong")
+                    f"measured here: one thread's matmul × {cores} cores, gloo ping-pong, "
+                    f"collectives over 2 and 4 workers", collectives=measured.measure())
 
 
 def this_machine(refresh: bool = False) -> Hardware:
@@ -138,7 +157,9 @@ def this_machine(refresh: bool = False) -> Hardware:
     path = cache_file()
     if path.exists() and not refresh:
         try:
-            return Hardware(**json.loads(path.read_text()))
+            stored = json.loads(path.read_text())
+            if "collectives" in stored:        # older caches lack the measured collectives
+                return Hardware(**stored)
         except (TypeError, ValueError):
             pass                               # an old or damaged cache: measure again
     profile = measure_this_machine()

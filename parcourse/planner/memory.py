@@ -11,9 +11,11 @@ micro-batches per replica. One rank holds Ψ = N/(T·P) parameters' states and
   For the book's own models on one stage and one tensor rank in fp32 the exact ledger,
   padding and Adam's step counters included, is used
   (:func:`~parcourse.data_parallel.zero_ledger.state_bytes`): it is what the runs hold;
-  with a pipeline (no ZeRO) the stages are the pipeline strategies' own cut
-  (:func:`parcourse.model_parallel.partition.partition`, by parameters), and
-  :func:`stage_state_bytes` gives each stage's exact bytes.
+  with a pipeline or tensor ranks (no ZeRO) the stages are the pipeline strategies' own
+  cut (:func:`parcourse.model_parallel.partition.partition`, by parameters), and
+  :func:`stage_state_bytes` gives each stage's exact bytes on a tensor rank (the book's
+  GPT keeps its embeddings, LayerNorms and head whole on every tensor rank);
+  :func:`fsdp_state_bytes` gives FSDP2's, whose shards are cut per parameter.
 * **activations** — per transformer layer, the bytes of
   :func:`parcourse.bench.transformer_memory.activation_bytes` (16·sbh + a·s²·b + 4·sb
   numbers of e bytes, split by T with sequence parallelism), for the L/P layers of a stage,
@@ -38,6 +40,7 @@ from ..models import build_model
 from .models import ModelShape
 
 VARIANT = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}
+GPT_DEFAULTS = {"layers": 2, "width": 32, "heads": 2, "sequence": 32}
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -69,18 +72,46 @@ def exact_states(model: ModelShape, config: Config) -> bool:
     """Whether the exact ledger of the book's model applies (one stage, one tensor rank,
     fp32, a book model at its default sizes)."""
     return (model.book in ("simple", "complex") or (model.book == "gpt" and model.sizes ==
-            {"layers": 2, "width": 32, "heads": 2, "sequence": 32})) \
+            GPT_DEFAULTS)) \
         and config.tensor == 1 and config.pipeline == 1 and config.precision == "fp32"
 
 
-def stage_state_bytes(book: str, ranges) -> list[dict]:
+def _adam_bytes(params: list) -> dict:
+    """Exact fp32 Adam bytes of these tensors: 4 + 4 + 8 per element, 4 per step counter."""
+    n = sum(p.numel() for p in params)
+    return {"parameters": 4 * n, "gradients": 4 * n,
+            "optimizer state": 8 * n + zero_ledger.STEP_BYTES * len(params)}
+
+
+def stage_state_bytes(book: str, ranges, tensor: int = 1) -> list[dict]:
     """Exact fp32 Adam bytes of each pipeline stage holding the layers ``ranges`` of the
-    book's model: 4 + 4 + 8 bytes per parameter and a 4-byte step counter per tensor."""
+    book's model, on one of its ``tensor`` ranks (the GPT's blocks split as
+    :mod:`parcourse.model_parallel.tensor_gpt` splits them, the rest whole; every tensor
+    rank holds the same bytes)."""
+    from ..model_parallel import tensor_gpt
+
     model = build_model(book)
     out = []
     for start, end in ranges:
-        params = list(model[start:end].parameters())
-        n = sum(p.numel() for p in params)
+        part = model[start:end]
+        if tensor > 1:
+            part = tensor_gpt.parallelize(part, 0, tensor)
+        out.append(_adam_bytes(list(part.parameters())))
+    return out
+
+
+def fsdp_state_bytes(book: str, world_size: int) -> list[dict]:
+    """Exact fp32 Adam bytes on each of FSDP2's K ranks: every parameter cut along its
+    first dimension into K chunks of ⌈d₀/K⌉ rows (``torch.chunk``; the last ones shorter
+    or empty), rank r holding chunk r; one step counter per parameter on every rank."""
+    params = list(build_model(book).parameters())
+    out = []
+    for rank in range(world_size):
+        n = 0
+        for p in params:
+            rows = -(-p.shape[0] // world_size)
+            mine = max(0, min(p.shape[0], (rank + 1) * rows) - rank * rows)
+            n += mine * (p.numel() // p.shape[0])
         out.append({"parameters": 4 * n, "gradients": 4 * n,
                     "optimizer state": 8 * n + zero_ledger.STEP_BYTES * len(params)})
     return out
@@ -89,10 +120,12 @@ def stage_state_bytes(book: str, ranges) -> list[dict]:
 def state_bytes(model: ModelShape, config: Config) -> dict:
     """Bytes of parameters, gradients and optimizer state on one rank (with a pipeline:
     the busiest stage's)."""
-    if model.book in ("simple", "complex") and config.pipeline > 1 and config.tensor == 1 \
-            and config.zero == 0 and config.precision == "fp32":
+    default_gpt = model.book == "gpt" and model.sizes == GPT_DEFAULTS
+    if config.zero == 0 and config.precision == "fp32" and (
+            (model.book in ("simple", "complex") and config.pipeline > 1 and config.tensor == 1)
+            or (default_gpt and config.pipeline * config.tensor > 1)):
         stages = stage_state_bytes(model.book, partition(build_model(model.book),
-                                                         config.pipeline))
+                                                         config.pipeline), config.tensor)
         return max(stages, key=lambda held: sum(held.values()))
     if exact_states(model, config):
         return zero_ledger.state_bytes(model.book, VARIANT[config.zero], config.data,

@@ -6,7 +6,8 @@ N ≈ 12·L·d² + V·d parameters (QKV and output projections 4d², the MLP 8d�
 table V·d), 6N + 12·L·d·s training FLOPs per token (:mod:`parcourse.model_flops`), and
 per layer the activations of :func:`parcourse.bench.transformer_memory.activation_bytes`.
 The book's own models (``simple``, ``complex``, ``gpt`` at given sizes) are built on the
-meta device so that N is exact; the MLP's and the CNN's FLOPs are counted by torch's
+meta device so that N is exact (the GPT's head, which its tensor-parallel form keeps
+whole on every rank, is counted apart too); the MLP's and the CNN's FLOPs are counted by torch's
 FLOP counter on one sample's forward and backward.
 """
 
@@ -38,6 +39,7 @@ class ModelShape:
     activation_per_sample: float = 0.0   # fp32 bytes kept for backward, non-GPT models
     book: str | None = None
     sizes: dict = field(default_factory=dict)
+    replicated_flops_per_sample: float = 0.0  # what every tensor rank computes whole
 
     @property
     def transformer(self) -> bool:
@@ -99,7 +101,11 @@ def book_shape(name: str, **sizes) -> ModelShape:
                           name=f"gpt L={sizes['layers']} d={sizes['width']} "
                                f"a={sizes['heads']} s={sizes['sequence']}")
         assert model_flop_parameters(model) == total - sizes["sequence"] * sizes["width"]
-        return ModelShape(**{**shape.__dict__, "book": "gpt", "sizes": sizes})
+        # the book's tensor-parallel GPT keeps the tied head whole on every rank (its
+        # vocabulary is 256 bytes): 2·V·d FLOPs per token forward, 4·V·d backward
+        head = 6 * shape.vocab * shape.width * shape.sequence
+        return ModelShape(**{**shape.__dict__, "book": "gpt", "sizes": sizes,
+                             "replicated_flops_per_sample": float(head)})
     model = build_model(name, seed=0)
     sample = torch.rand(1, 1, 28, 28)
     layers = sum(1 for m in model if any(True for _ in m.parameters()))

@@ -5,8 +5,9 @@ tensor group is T neighbours, a data group R ranks T apart and a pipeline P rank
 apart; a group that spans nodes pays the network's α and β (:mod:`.hardware`).
 
 * **compute** = FLOPs ÷ achievable FLOP/s: F·b/(T·P) per rank for b = B/R samples per
-  replica (F: training FLOPs per sample, 6N + 12·L·d·s per token, :mod:`.models`), × 4/3
-  with recomputation (a second forward).
+  replica (F: training FLOPs per sample, 6N + 12·L·d·s per token, :mod:`.models`; the
+  share a tensor rank computes whole, F_rep — the book's GPT keeps its head whole — is
+  not divided by T), × 4/3 with recomputation (a second forward).
 * **bubble** — with a pipeline the step lasts compute ÷ (1 − β_P), β_P = (P − 1)/(M + P − 1)
   the idle share of GPipe and 1F1B (:func:`parcourse.model_parallel.schedules.bubble_theory`).
 * **pipeline messages** — each of the M + P − 1 slots of the critical path sends one
@@ -17,11 +18,16 @@ apart; a group that spans nodes pays the network's α and β (:mod:`.hardware`).
   the same bytes), 6 with recomputation; on the critical path.
 * **data** — the gradients of the rank's Ψ parameters: a ring all-reduce (ZeRO-0), a
   reduce-scatter and an all-gather (ZeRO-1, 2: the same bytes), two all-gathers and a
-  reduce-scatter (ZeRO-3), one collective per bucket or group
-  (:func:`parcourse.collectives.predicted_seconds`). Assumed overlap: on a GPU the
+  reduce-scatter (ZeRO-3), one collective per bucket or group. Assumed overlap: on a GPU the
   traffic runs behind the backward pass (ZeRO-3's forward gathers behind the forward), so
   only what exceeds it counts; on this CPU the same cores compute and communicate, so all
   of it counts.
+
+* **loss** — the loop's all-reduce of the step's loss over all ranks (8 bytes: a few
+  µs on a GPU, a fraction of a millisecond with gloo).
+
+Each collective's time is the profile's (:meth:`.hardware.Hardware.collective`): measured
+per call where the profile has a table for it (this machine), the α–β ring otherwise.
 
 The optimizer step (memory-bound, ~16 bytes read and written per parameter) is left
 out: it is small next to the rest for the models planned here.
@@ -29,7 +35,6 @@ out: it is small next to the rest for the models planned here.
 
 from __future__ import annotations
 
-from ..collectives import predicted_seconds
 from ..data_parallel.flat_shards import group_parameters
 from ..model_parallel.schedules import bubble_theory
 from ..models import build_model
@@ -59,14 +64,13 @@ def data_seconds(model: ModelShape, config: Config, hw: Hardware) -> float:
     r = config.data
     if r == 1:
         return 0.0
-    alpha, beta = hw.link(r, config.tensor)
     groups = collective_counts(model, config)
     nbytes = model.parameters / (config.tensor * config.pipeline) * element(config.precision)
     per = nbytes / groups
     if config.zero == 0:
-        return groups * predicted_seconds("ring", per, r, alpha, beta)
-    gather = predicted_seconds("ring", per, r, alpha, beta, "all_gather")
-    scatter = predicted_seconds("ring", per, r, alpha, beta, "reduce_scatter")
+        return groups * hw.collective("all_reduce", per, r, config.tensor)
+    gather = hw.collective("all_gather", per, r, config.tensor)
+    scatter = hw.collective("reduce_scatter", per, r, config.tensor)
     return groups * (scatter + gather * (2 if config.zero == 3 else 1))
 
 
@@ -74,11 +78,10 @@ def tensor_seconds(model: ModelShape, config: Config, hw: Hardware, batch: int) 
     t = config.tensor
     if t == 1 or not model.transformer:
         return 0.0
-    alpha, beta = hw.link(t)
     micro = batch / (config.data * config.microbatches)
     nbytes = micro * model.sequence * model.width * element(config.precision)
     calls = (6 if config.recompute else 4) * (model.layers / config.pipeline)
-    return config.microbatches * calls * predicted_seconds("ring", nbytes, t, alpha, beta)
+    return config.microbatches * calls * hw.collective("all_reduce", nbytes, t)
 
 
 def pipeline_seconds(model: ModelShape, config: Config, hw: Hardware, batch: int) -> float:
@@ -95,7 +98,9 @@ def pipeline_seconds(model: ModelShape, config: Config, hw: Hardware, batch: int
 
 def step_time(model: ModelShape, config: Config, hw: Hardware, batch: int) -> dict:
     """Seconds of one step by term, and their sum ("step")."""
-    flops = model.flops_per_sample * batch / config.data / (config.tensor * config.pipeline)
+    split = model.flops_per_sample - model.replicated_flops_per_sample
+    flops = (split / config.tensor + model.replicated_flops_per_sample) * batch / config.data \
+        / config.pipeline
     compute = flops / hw.flops(config.precision) * (4 / 3 if config.recompute else 1)
     bubble = compute / (1 - bubble_theory(config.pipeline, config.microbatches)) - compute
     data = data_seconds(model, config, hw)
@@ -106,7 +111,8 @@ def step_time(model: ModelShape, config: Config, hw: Hardware, batch: int) -> di
     terms = {"compute": compute, "bubble": bubble,
              "pipeline": pipeline_seconds(model, config, hw, batch),
              "tensor": tensor_seconds(model, config, hw, batch),
-             "data": exposed}
+             "data": exposed,
+             "loss": hw.collective("all_reduce", 8, config.devices)}
     terms["step"] = sum(terms.values())
     terms["data (all)"] = data
     return terms

@@ -8,11 +8,14 @@ For configurations that run here (CPU processes over gloo), two checks:
   (:func:`parcourse.bench.memory.measure`), beside :func:`.memory.state_bytes`: they must
   agree to the byte, on every rank. The same run measures the peak of a step, beside
   the ledger's prediction from a one-process peak (:func:`~parcourse.data_parallel.
-  zero_ledger.predicted_peak`).
-* **step time** — the median of repeated steps (the memory benchmark's; for pipelines the
-  step-to-step times of the recorded timeline, the first two left out; for the other
-  strategies the mean step of a ``train`` run of S + 2 steps minus one of 2 steps), beside :func:`.time.step_time` with this
-  machine's measured α and β (:mod:`.hardware`) and its achievable FLOP/s *for this model
+  zero_ledger.predicted_peak`). For the tensor-parallel, pipelined and FSDP runs each rank
+  counts the tensors it holds at the end of the run (``TrainResult.held``), beside the
+  exact split of :func:`.memory.state_bytes` (a pipeline's busiest stage) or
+  :func:`.memory.fsdp_state_bytes` (every rank).
+* **step time** — the median of a ``train`` run's steps, the first two left out (for
+  pipelines the step-to-step times of the recorded timeline, for the others the loop's
+  own clock), beside :func:`.time.step_time` with this machine's measured α and β and
+  collectives (:mod:`.hardware`, :mod:`.measured`) and its achievable FLOP/s *for this model
   at the size each rank computes, with K processes at once*: K workers, with the threads
   the strategies' workers get, each train the whole model on one micro-batch (b/M
   samples) at the same time, and FLOPs ÷ the median step is the rate (a CPU reaches its
@@ -35,7 +38,7 @@ from ..models import build_model
 from ..training.loop import make_optimizer
 from ..training import TrainConfig, train
 from .hardware import Hardware, this_machine
-from .memory import Config, stage_state_bytes, state_bytes
+from .memory import Config, fsdp_state_bytes, state_bytes
 from .models import book_shape
 from .time import step_time
 
@@ -49,6 +52,9 @@ TRAINED = (
     ("tensor", "gpt", 2, Config(1, tensor=2), {}),
     ("dp-pp", "complex", 4, Config(2, pipeline=2, microbatches=2),
      {"stages": 2, "microbatches": 2}),
+    ("fsdp", "complex", 2, Config(2, zero=3), {}),
+    ("dp-pp-tp", "gpt", 4, Config(1, tensor=2, pipeline=2, microbatches=2),
+     {"stages": 2, "tensor": 2, "microbatches": 2}),
 )
 
 
@@ -98,82 +104,128 @@ def pipeline_step(result) -> float:
     return statistics.median(b - a for a, b in zip(ordered[1:], ordered[2:]))
 
 
-def _row(strategy, model, workers, config, batch, hw, measured, rates, held=None,
-         formula=None, peak=None, predicted_peak=None, method="median of 5 steps"):
-    samples = batch // (config.data * config.microbatches)
-    if (model, samples, workers) not in rates:        # measured once per size
-        rates[model, samples, workers] = achievable_flops(model, samples, workers)
-    rate = rates[model, samples, workers]
-    predicted = step_time(book_shape(model), config, for_workers(hw, rate), batch)
-    return {"strategy": strategy, "model": model, "workers": workers,
-            "config": config.label(), "held": held, "formula": formula,
+def _case(strategy, model, workers, config, options, held=None, formula=None, peak=None,
+          predicted_peak=None) -> dict:
+    return {"strategy": strategy, "model": model, "workers": workers, "grid": config,
+            "options": options, "config": config.label(), "held": held, "formula": formula,
             "peak": peak, "predicted_peak": predicted_peak,
-            "measured_s": measured, "predicted_s": predicted["step"], "terms": predicted,
-            "flops": rate, "held_from": "held tensors, every rank",
-            "error": predicted["step"] / measured - 1, "method": method}
+            "held_from": "held tensors, every rank", "exact": None, "rounds": []}
+
+
+def _time_round(case: dict, batch: int, steps: int, hw: Hardware) -> None:
+    """One round of a case: the FLOP/s that its workers reach now, then its run, then the
+    prediction with that rate (the two measured moments apart, under the same load)."""
+    config, model = case["grid"], case["model"]
+    rate = achievable_flops(model, batch // (config.data * config.microbatches),
+                            case["workers"])
+    measured, method, result = step_seconds(case["strategy"], model, case["workers"], batch,
+                                            steps, case["options"])
+    predicted = step_time(book_shape(model), config, for_workers(hw, rate), batch)
+    case["rounds"].append({"measured": measured, "predicted": predicted, "flops": rate})
+    case["method"], case["result"] = method, result
+
+
+def _exact(held: list | None, formula) -> bool | None:
+    """Held = predicted: per rank (a list of formulas), every rank (ZeRO), or the busiest
+    rank (a pipeline's busiest stage)."""
+    if held is None:
+        return None
+    if isinstance(formula, list):
+        return held == formula
+    if len({tuple(sorted(h.items())) for h in held}) == 1:
+        return all(h == formula for h in held)
+    return max(held, key=lambda h: sum(h.values())) == formula
+
+
+def _summary(case: dict) -> dict:
+    """The case's row: the medians over rounds, and the median of the rounds' errors."""
+    rounds = case.pop("rounds")
+    middle = sorted(rounds, key=lambda r: r["predicted"]["step"] / r["measured"])
+    chosen = middle[len(middle) // 2]
+    case.pop("result", None)
+    return {**case, "measured_s": statistics.median(r["measured"] for r in rounds),
+            "predicted_s": statistics.median(r["predicted"]["step"] for r in rounds),
+            "terms": chosen["predicted"], "flops": chosen["flops"],
+            "error": chosen["predicted"]["step"] / chosen["measured"] - 1,
+            "errors": [r["predicted"]["step"] / r["measured"] - 1 for r in rounds],
+            "method": f"{case['method']}, median of {len(rounds)} rounds"}
+
+
+def step_seconds(strategy: str, model: str, workers: int, batch: int, steps: int,
+                 options: dict):
+    """(median step seconds, how it was measured, the run) of a ``train`` run of
+    steps + 2 steps: a pipeline's from its timeline, the others' from the loop's clock,
+    the first two steps left out (warm-up)."""
+    result = train(TrainConfig(strategy=strategy, model=model, workers=workers,
+                               steps=steps + 2, batch_size=batch, optimizer="adam", lr=1e-3,
+                               quiet=True, **options))
+    if result.timeline:
+        return pipeline_step(result), f"{steps} steps (timeline)", result
+    return statistics.median(result.step_seconds[2:]), f"{steps} steps (after 2)", result
 
 
 def validate(workers: int = 2, model: str = "complex", batch: int = 32, trained=TRAINED,
-             steps: int = 8, hw: Hardware | None = None) -> list[dict]:
+             steps: int = 8, hw: Hardware | None = None, rounds: int = 3) -> list[dict]:
     """Rows of predicted vs measured: state bytes (every rank) and peak for DDP and ZeRO,
-    step time for those and for ``trained`` (strategy, model, workers, grid, options)."""
+    step time for those and for ``trained`` (strategy, model, workers, grid, options).
+
+    Step times: ``rounds`` rounds, each running every case once (rate, then run), so that
+    a change of the machine's load falls on all of them; a row's error is the median of
+    its rounds' errors."""
     hw = hw or this_machine()
     shape = book_shape(model)
     per_rank = bench_memory.measure(workers, model, "adam", "float32", batch)
-    rows, rates = [], {}
+    cases = []
     for variant, zero in ZERO.items():
         config = Config(workers, zero=zero)
-        formula = state_bytes(shape, config)
-        held = [r[variant]["held"] for r in per_rank]
-        r0 = per_rank[0][variant]
-        rows.append(_row(variant, model, workers, config, batch, hw, r0["seconds"],
-                         rates, held, formula, max(r[variant]["peak"] for r in per_rank),
-                         r0["predicted_peak"]))
-    for strategy, name, k, config, options in trained:
-        def run(n):
-            return train(TrainConfig(strategy=strategy, model=name, workers=k, steps=n,
-                                     batch_size=batch, optimizer="adam", lr=1e-3,
-                                     quiet=True, **options))
-        result = run(steps + 2)
-        if result.timeline:
-            measured, method = pipeline_step(result), f"median of {steps} steps"
-        else:        # two runs: the difference leaves out the first two steps' warm-up
-            measured = (result.seconds - run(2).seconds) / steps
-            method = f"mean of {steps} steps (after 2)"
-            if measured <= 0:
-                measured, method = result.seconds / (steps + 2), f"mean of {steps + 2} steps"
-        row = _row(strategy, name, k, config, batch, hw, measured, rates, method=method)
-        if result.stage_layers and config.tensor == 1:   # the run's own cut, counted
-            stages = stage_state_bytes(name, result.stage_layers)
-            row["held"] = [max(stages, key=lambda held: sum(held.values()))]
-            row["formula"] = state_bytes(book_shape(name), config)
-            row["held_from"] = "the run's stages"
-        rows.append(row)
-    return rows
+        cases.append(_case(variant, model, workers, config, {},
+                           [r[variant]["held"] for r in per_rank], state_bytes(shape, config),
+                           max(r[variant]["peak"] for r in per_rank),
+                           per_rank[0][variant]["predicted_peak"]))
+    cases += [_case(strategy, name, k, config, options)
+              for strategy, name, k, config, options in trained]
+    for _ in range(rounds):
+        for case in cases:
+            _time_round(case, batch, steps, hw)
+    for case in cases:
+        result, config = case["result"], case["grid"]
+        if result.held:                        # the run's ranks counted their own tensors
+            case["held"], case["held_from"] = result.held, "the run's ranks"
+            if case["strategy"] == "fsdp":
+                case["formula"] = fsdp_state_bytes(case["model"], case["workers"])
+            else:                              # the busiest rank against the busiest stage
+                case["formula"] = state_bytes(book_shape(case["model"]), config)
+        case["exact"] = _exact(case["held"], case["formula"])
+    return [_summary(case) for case in cases]
 
 
 def _kib(x) -> str:
     return f"{x / 1024:,.1f}"
 
 
+def _spread(errors: list[float]) -> str:
+    return f"{min(errors):+.0%}…{max(errors):+.0%}"
+
+
 def format_validation(rows: list[dict]) -> str:
     """The table: state bytes measured = predicted, peak, step time and the error."""
-    lines = ["states: held tensors on every rank; (cut): the busiest stage of the run's own "
-             "partition, counted",
+    lines = ["states: the tensors each rank holds, counted by the rank, KiB in rank order "
+             "(a pipeline: predicted for its busiest stage)",
              f"{'strategy':<14}{'model':<9}{'K':>2} {'states KiB, every rank (pred.)':<34}"
-             f"{'peak KiB':>9}{'pred.':>9}{'step ms':>9}{'pred. ms':>9}{'error':>8}  measured"]
+             f"{'peak KiB':>9}{'pred.':>9}{'step ms':>9}{'pred. ms':>9}{'error':>8}"
+             f"{'rounds':>13}  measured"]
     for r in rows:
         if r["held"] is not None:
             total = [sum(h[k] for k in KINDS) for h in r["held"]]
-            same = all(h == r["formula"] for h in r["held"])
-            states = (f"{'/'.join(_kib(t) for t in total)} {'=' if same else '≠'} "
-                      f"{_kib(sum(r['formula'][k] for k in KINDS))}"
-                      + (" (cut)" if r["held_from"] == "the run's stages" else ""))
+            formula = r["formula"] if isinstance(r["formula"], list) else [r["formula"]]
+            predicted = sorted({sum(f[k] for k in KINDS) for f in formula}, reverse=True)
+            states = (f"{'/'.join(_kib(t) for t in total)} {'=' if r['exact'] else '≠'} "
+                      f"{'/'.join(_kib(t) for t in predicted)}")
             peak = (f"{_kib(r['peak']):>9}{_kib(r['predicted_peak']):>9}"
                     if r["peak"] is not None else f"{'—':>9}{'—':>9}")
         else:
             states, peak = "—", f"{'—':>9}{'—':>9}"
         lines.append(f"{r['strategy']:<14}{r['model']:<9}{r['workers']:>2} {states:<34}{peak}"
                      f"{r['measured_s'] * 1e3:>9.1f}{r['predicted_s'] * 1e3:>9.1f}"
-                     f"{r['error']:>+8.0%}  {r['method']}")
+                     f"{r['error']:>+8.0%}{_spread(r['errors']):>13}  {r['method']}")
     return "\n".join(lines)

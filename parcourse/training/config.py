@@ -137,6 +137,10 @@ class TrainResult:
     # (in isend) and "wait" (in a receive)
     stage_layers: list = field(default_factory=list)  # pipelines: (start, end) of each
     # virtual stage (chunk c of stage s is entry c·P + s; one per stage without chunks)
+    step_seconds: list = field(default_factory=list, repr=False)  # rank 0's wall time of
+    # each step of this run (strategies that run the common loop), from the previous step's end
+    held: list = field(default_factory=list)  # tensor, pipelines, fsdp: each rank's state
+    # bytes by kind ("parameters", "gradients", "optimizer state") at the end of the run
 
     @property
     def samples_per_second(self) -> float:

@@ -42,11 +42,11 @@ def context_worker(rank: int, world_size: int, config: TrainConfig):
         optimizer.step()
         return loss / world_size
 
-    losses, seconds = train_worker(config, inner_step, Replica(model, optimizer, rank),
-                                   rank=rank, world_size=world_size, device=device)
+    losses, times = train_worker(config, inner_step, Replica(model, optimizer, rank),
+                                 rank=rank, world_size=world_size, device=device)
     if rank != 0:
         return None
-    return result(config, cpu_state(model), losses, seconds, dataset,
+    return result(config, cpu_state(model), losses, times, dataset,
                   communication_seconds=sync.communication_seconds)
 
 

@@ -59,11 +59,11 @@ def data_parallel_worker(rank: int, world_size: int, config: TrainConfig):
         optimizer_step(optimizer, scaler)
         return loss
 
-    losses, seconds = train_worker(config, inner_step, Replica(model, optimizer, rank),
-                                   rank=rank, world_size=world_size, device=device)
+    losses, times = train_worker(config, inner_step, Replica(model, optimizer, rank),
+                                 rank=rank, world_size=world_size, device=device)
     if rank != 0:
         return None
-    return result(config, cpu_state(model), losses, seconds, dataset,
+    return result(config, cpu_state(model), losses, times, dataset,
                   communication_seconds=getattr(sync, "communication_seconds", 0.0),
                   overlap=getattr(sync, "overlap", 0.0))
 

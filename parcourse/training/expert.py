@@ -84,10 +84,10 @@ def expert_worker(rank: int, world_size: int, config: TrainConfig):
         return loss
 
     adapter = ExpertShards(model, optimizer, rank, world_size, unsplit)
-    losses, seconds = train_worker(config, inner_step, adapter, rank=rank,
-                                   world_size=world_size, device=device)
+    losses, times = train_worker(config, inner_step, adapter, rank=rank,
+                                 world_size=world_size, device=device)
     full = adapter.full()
-    return result(config, full[0], losses, seconds, dataset) if rank == 0 else None
+    return result(config, full[0], losses, times, dataset) if rank == 0 else None
 
 
 def train_expert(config: TrainConfig):

@@ -30,7 +30,7 @@ from .adapters import FullyShardedReplica
 from .config import TrainConfig
 from .loop import make_optimizer, optimizer_step
 from .registry import WEIGHTED, Strategy, register
-from .worker import load_data_and_model, result, shard_loss, train_worker
+from .worker import held_on_every_rank, load_data_and_model, result, shard_loss, train_worker
 
 
 def shard_model(model: nn.Sequential, device, reshard_after_forward: bool = True,
@@ -90,10 +90,11 @@ def fsdp_worker(rank: int, world_size: int, config: TrainConfig):
         return loss
 
     adapter = FullyShardedReplica(model, optimizer, rank)
-    losses, seconds = train_worker(config, inner_step, adapter, rank=rank,
-                                   world_size=world_size, device=device)
+    losses, times = train_worker(config, inner_step, adapter, rank=rank,
+                                 world_size=world_size, device=device)
+    held = held_on_every_rank(model, optimizer, world_size)
     full = adapter.full()  # every worker takes part in gathering the final model
-    return result(config, full[0], losses, seconds, dataset) if rank == 0 else None
+    return result(config, full[0], losses, times, dataset, held=held) if rank == 0 else None
 
 
 def train_fsdp(config: TrainConfig):

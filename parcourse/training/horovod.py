@@ -38,13 +38,13 @@ def horovod_worker(config: TrainConfig):
         return loss * share
 
     try:
-        losses, seconds = train_worker(config, inner_step, Replica(model, optimizer, rank),
-                                       rank=rank, world_size=world_size,
-                                       sum_over_workers=hvd_dp.sum_over_workers)
+        losses, times = train_worker(config, inner_step, Replica(model, optimizer, rank),
+                                     rank=rank, world_size=world_size,
+                                     sum_over_workers=hvd_dp.sum_over_workers)
     except TrainingDiverged as err:
         hvd.shutdown()
         return err
-    outcome = result(config, cpu_state(model), losses, seconds, dataset) if rank == 0 else None
+    outcome = result(config, cpu_state(model), losses, times, dataset) if rank == 0 else None
     hvd.shutdown()
     return outcome
 

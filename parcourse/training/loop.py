@@ -68,14 +68,16 @@ def check_finite(loss: float, step: int, config: TrainConfig, rank: int) -> None
 def run_loop(config: TrainConfig, inner_step: InnerStep, *, start: int = 0, rank: int = 0,
              world_size: int = 1, device: torch.device = torch.device("cpu"),
              sum_over_workers: Sum = dist.all_reduce,
-             after_step: Callable[[int, float], None] | None = None) -> float:
-    """Run steps ``start … config.steps − 1``; return the loop's wall time in seconds.
+             after_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Run steps ``start … config.steps − 1``; return each step's wall time in seconds
+    (from the end of the one before; they sum to the loop's wall time).
 
     ``after_step(step, loss)`` gets the global batch's mean loss of every step, on every
     worker. The progress bar shows on rank 0.
     """
     bar = progress_bar(config, enabled=rank == 0, initial=start)
-    begin = time.perf_counter()
+    begin = last = time.perf_counter()
+    times = []
     for step in range(start, config.steps):
         loss = inner_step(step)
         if world_size > 1:
@@ -86,12 +88,15 @@ def run_loop(config: TrainConfig, inner_step: InnerStep, *, start: int = 0, rank
         if after_step is not None:
             after_step(step, loss)
         bar.update(1)
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
         if step % 10 == 0 or step == config.steps - 1:
             elapsed = time.perf_counter() - begin
             bar.set_postfix(loss=f"{loss:.4f}",
                             samples_per_s=f"{(step + 1 - start) * config.batch_size / elapsed:,.0f}")
     bar.close()
-    return time.perf_counter() - begin
+    return times
 
 
 def replica_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int,

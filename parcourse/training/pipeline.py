@@ -47,7 +47,8 @@ from .adapters import Stages, TensorStages
 from .config import TrainConfig
 from .loop import make_optimizer
 from .registry import PIPELINED, Strategy, register
-from .worker import batch_of, dtype_of, load_data_and_model, result, train_worker
+from .worker import (batch_of, dtype_of, held_on_every_rank, load_data_and_model, result,
+                     train_worker)
 
 
 
@@ -224,6 +225,7 @@ def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
     losses, _ = train_worker(config, worker.step, worker.adapter, rank=rank,
                              world_size=world_size, device=worker.device)
     seconds = time.perf_counter() - worker.t0  # on the clock of the timeline's events
+    held = held_on_every_rank(worker.part, worker.optimizer, world_size)
     full = worker.adapter.full()
     gathered = [None] * world_size if rank == 0 else None
     dist.gather_object((worker.timeline, worker.runner.peak_in_flight,
@@ -236,7 +238,7 @@ def pipeline_worker(rank: int, world_size: int, config: TrainConfig):
                   timeline=[e for events, _, _ in stages for e in events],
                   peak_in_flight=[peak for _, peak, _ in stages],
                   messages=[e for _, _, log in stages for e in log],
-                  stage_layers=worker.ranges)
+                  stage_layers=worker.ranges, held=held)
 
 
 def train_pipeline(config: TrainConfig):

@@ -31,8 +31,8 @@ def train_single(config: TrainConfig):
         optimizer_step(optimizer, scaler)
         return loss
 
-    losses, seconds = train_worker(config, inner_step, Replica(model, optimizer), device=device)
-    return result(config, cpu_state(model), losses, seconds, dataset)
+    losses, times = train_worker(config, inner_step, Replica(model, optimizer), device=device)
+    return result(config, cpu_state(model), losses, times, dataset)
 
 
 def _check(config: TrainConfig) -> None:

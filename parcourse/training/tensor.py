@@ -24,7 +24,7 @@ from .adapters import TensorShards
 from .config import TrainConfig
 from .loop import make_optimizer, replica_loss
 from .registry import WHOLE, Strategy, register
-from .worker import batch_of, load_data_and_model, result, train_worker
+from .worker import batch_of, held_on_every_rank, load_data_and_model, result, train_worker
 
 
 def tensor_worker(rank: int, world_size: int, config: TrainConfig):
@@ -50,10 +50,11 @@ def tensor_worker(rank: int, world_size: int, config: TrainConfig):
         return loss if rank == 0 else 0.0  # every rank has the same loss: count it once
 
     adapter = TensorShards(model, optimizer, rank, world_size, layout)
-    losses, seconds = train_worker(config, inner_step, adapter, rank=rank,
-                                   world_size=world_size, device=device)
+    losses, times = train_worker(config, inner_step, adapter, rank=rank,
+                                 world_size=world_size, device=device)
+    held = held_on_every_rank(model, optimizer, world_size)
     full = adapter.full()
-    return result(config, full[0], losses, seconds, dataset) if rank == 0 else None
+    return result(config, full[0], losses, times, dataset, held=held) if rank == 0 else None
 
 
 def train_tensor(config: TrainConfig):

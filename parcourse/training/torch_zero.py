@@ -58,9 +58,9 @@ def torch_zero_worker(rank: int, world_size: int, config: TrainConfig):
         optimizer_step(optimizer, scaler)
         return loss
 
-    losses, seconds = train_worker(config, inner_step, ShardedOptimizer(model, optimizer, rank),
-                                   rank=rank, world_size=world_size, device=device)
-    return result(config, cpu_state(model), losses, seconds, dataset) if rank == 0 else None
+    losses, times = train_worker(config, inner_step, ShardedOptimizer(model, optimizer, rank),
+                                 rank=rank, world_size=world_size, device=device)
+    return result(config, cpu_state(model), losses, times, dataset) if rank == 0 else None
 
 
 def train_torch_zero(config: TrainConfig):

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from .. import checkpoint
 from .. import data as datasets
 from ..gpt import use_attention
+from ..memory_meter import held_state_bytes
 from ..models import build_model, sizes_of
 from ..recompute import recompute
 from .config import TrainConfig, TrainResult
@@ -65,10 +66,10 @@ def shard_loss(model, dataset: datasets.Dataset, config: TrainConfig, step: int,
 
 def train_worker(config: TrainConfig, inner_step: InnerStep, adapter, *, rank: int = 0,
                  world_size: int = 1, device: torch.device = torch.device("cpu"),
-                 sum_over_workers: Sum = dist.all_reduce) -> tuple[list[float], float]:
+                 sum_over_workers: Sum = dist.all_reduce) -> tuple[list[float], list[float]]:
     """Resume (if asked), run the loop, checkpoint every ``config.checkpoint_every`` steps
     through ``adapter`` (:mod:`parcourse.training.adapters`); return the global losses of
-    every step and the loop's wall time."""
+    every step and each step's wall time."""
     losses, start = [0.0] * config.steps, 0
     if resumable(config):
         saved = checkpoint.load(config.checkpoint)
@@ -85,17 +86,29 @@ def train_worker(config: TrainConfig, inner_step: InnerStep, adapter, *, rank: i
                                 next_step=step + 1, losses=losses[:step + 1],
                                 config=asdict(config))
 
-    seconds = run_loop(config, inner_step, start=start, rank=rank, world_size=world_size,
-                       device=device, sum_over_workers=sum_over_workers, after_step=after_step)
-    return losses, seconds
+    times = run_loop(config, inner_step, start=start, rank=rank, world_size=world_size,
+                     device=device, sum_over_workers=sum_over_workers, after_step=after_step)
+    return losses, times
 
 
-def result(config: TrainConfig, state: dict, losses: list, seconds: float,
+def held_on_every_rank(model: torch.nn.Module, optimizer, world_size: int) -> list[dict]:
+    """The state bytes each rank holds now (:func:`parcourse.memory_meter.held_state_bytes`),
+    in rank order, on every rank (a collective: every worker calls it)."""
+    mine = held_state_bytes(model, optimizer)
+    if world_size == 1:
+        return [mine]
+    every = [None] * world_size
+    dist.all_gather_object(every, mine)
+    return every
+
+
+def result(config: TrainConfig, state: dict, losses: list, seconds: float | list[float],
            dataset: datasets.Dataset, **measurements) -> TrainResult:
     """Rank 0's result: the unsplit model's ``state`` (plain key names) and its test
-    accuracy, measured on the CPU."""
+    accuracy, measured on the CPU; ``seconds``: the loop's wall time, or each step's."""
     full = build_model(config.model, dtype=dtype_of(config), **sizes_of(config.model, config))
     full.load_state_dict(state)
-    return TrainResult(config, state, losses, seconds,
+    steps = list(seconds) if isinstance(seconds, (list, tuple)) else []
+    return TrainResult(config, state, losses, sum(steps) if steps else seconds,
                        accuracy(full, dataset.test_x, dataset.test_y, torch.device("cpu")),
-                       **measurements)
+                       step_seconds=steps, **measurements)

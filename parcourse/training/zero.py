@@ -53,14 +53,14 @@ def zero_worker(rank: int, world_size: int, config: TrainConfig):
         return loss
 
     try:
-        losses, seconds = train_worker(config, inner_step, ZeroShards(engine, rank),
-                                       rank=rank, world_size=world_size, device=device)
+        losses, times = train_worker(config, inner_step, ZeroShards(engine, rank),
+                                     rank=rank, world_size=world_size, device=device)
         final = full_state(engine, rank)
     finally:
         engine.close()
     if rank != 0:
         return None
-    return result(config, final[0], losses, seconds, dataset)
+    return result(config, final[0], losses, times, dataset)
 
 
 def train_zero(config: TrainConfig):

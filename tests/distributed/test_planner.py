@@ -10,7 +10,8 @@ PLAN = "python -m parcourse plan: error: "
 
 @pytest.fixture(scope="module")
 def rows():
-    table = validate(trained=TRAINED[:2])   # + ddp on the MLP, pipeline-1f1b
+    # + ddp on the MLP, pipeline-1f1b, tensor (the GPT), fsdp; one round (the book: three)
+    table = validate(trained=TRAINED[:3] + (TRAINED[4],), rounds=1)
     print(format_validation(table))
     return table
 
@@ -18,11 +19,16 @@ def rows():
 def test_state_bytes_per_rank_are_byte_exact(rows):
     checked = [r for r in rows if r["held"] is not None]
     assert [r["strategy"] for r in checked] == ["ddp", "zero1", "zero2", "zero3",
-                                                "pipeline-1f1b"]
+                                                "pipeline-1f1b", "tensor", "fsdp"]
     for row in checked:
-        assert len(row["held"]) == (2 if row["strategy"] != "pipeline-1f1b" else 1)
-        for held in row["held"]:                        # every rank, every kind, to the byte
-            assert {k: held[k] for k in KINDS} == {k: row["formula"][k] for k in KINDS}
+        assert len(row["held"]) == 2                    # every rank counted its own
+        assert row["exact"], format_validation(rows)
+    for row in checked[:4] + checked[5:]:               # ZeRO, TP, FSDP: every rank alike
+        expected = row["formula"] if isinstance(row["formula"], list) else [row["formula"]] * 2
+        for held, formula in zip(row["held"], expected):  # every kind, to the byte
+            assert {k: held[k] for k in KINDS} == {k: formula[k] for k in KINDS}
+    stages = checked[4]["held"]                         # the busiest stage is the formula's
+    assert max(stages, key=lambda h: sum(h.values())) == checked[4]["formula"]
     totals = [sum(r["formula"][k] for k in KINDS) for r in checked[:4]]
     assert totals == sorted(totals, reverse=True)      # each stage shards one kind more
 

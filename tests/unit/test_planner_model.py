@@ -145,3 +145,39 @@ def test_pipeline_states_are_the_strategies_own_cut():
     assert {k: sum(s[k] for s in stages) for k in whole} == whole   # the stages add up
     busiest = state_bytes(book_shape("complex"), Config(1, pipeline=2, microbatches=4))
     assert busiest == max(stages, key=lambda s: sum(s.values()))
+
+
+def test_measured_collectives_are_read_piecewise_linear_in_bytes():
+    from parcourse.planner import measured
+    table = {"all_reduce": {"2": [[8, 1e-3], [1024, 2e-3], [2048, 4e-3]]}}
+    assert measured.seconds(table, "all_reduce", 2, 4) == 1e-3          # below: the smallest
+    assert measured.seconds(table, "all_reduce", 2, 1024) == pytest.approx(2e-3)
+    assert measured.seconds(table, "all_reduce", 2, 1536) == pytest.approx(3e-3)
+    assert measured.seconds(table, "all_reduce", 2, 4096) == pytest.approx(8e-3)  # last slope
+    assert measured.seconds(table, "all_reduce", 4, 1024) is None        # no such K
+    assert measured.seconds(table, "all_gather", 2, 1024) is None
+
+
+def test_a_profile_uses_its_measured_collectives_and_alpha_beta_elsewhere():
+    from parcourse.collectives import predicted_seconds
+    gpu = PROFILES["h100"]
+    assert gpu.collective("all_reduce", 1 << 20, 4) == predicted_seconds(
+        "ring", 1 << 20, 4, gpu.intra_alpha, gpu.intra_beta)
+    assert gpu.collective("all_reduce", 1 << 20, 1) == 0.0
+    table = {"all_reduce": {"4": [[8, 1e-3], [1 << 21, 3e-3]]}}
+    here = replace(gpu, collectives=table)
+    assert here.collective("all_reduce", 1 << 20, 4) == pytest.approx(2e-3, rel=1e-5)
+    assert here.collective("reduce_scatter", 1 << 20, 4) == predicted_seconds(
+        "ring", 1 << 20, 4, gpu.intra_alpha, gpu.intra_beta, "reduce_scatter")
+    terms = step_time(XL, Config(4), here, 8)
+    assert terms["loss"] == 1e-3                                  # the loop's 8-byte loss
+
+
+def test_the_book_gpts_head_is_computed_whole_on_every_tensor_rank():
+    shape = book_shape("gpt")
+    assert shape.replicated_flops_per_sample == 6 * 256 * 32 * 32
+    hw = PROFILES["h100"].with_devices(2)
+    one, two = (step_time(shape, Config(1, tensor=t), hw, 8)["compute"] for t in (1, 2))
+    share = shape.replicated_flops_per_sample / shape.flops_per_sample
+    assert two == pytest.approx(one * ((1 - share) / 2 + share))
+    assert XL.replicated_flops_per_sample == 0        # Megatron's vocabulary-parallel head
