@@ -172,7 +172,7 @@ def plot_timeline(events: list[list[tuple]], ax=None, title: str = ""):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(9, 0.8 * len(events) + 1.2))
+        _, ax = plt.subplots(figsize=(7, 0.8 * len(events) + 1.2))
     origin = min(start for rank in events for _, _, start, _ in rank)
     for rank, mine in enumerate(events):
         for kind, label, start, end in mine:
@@ -186,6 +186,6 @@ def plot_timeline(events: list[list[tuple]], ax=None, title: str = ""):
     ax.set_xlabel("ms")
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()],
               labels=["a step's blocks computed", "a receive, posted → arrived"],
-              loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8)
+              loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=10)
     ax.set_title(title)
     return ax

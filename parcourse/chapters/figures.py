@@ -43,7 +43,7 @@ def draw_graph(nodes: Mapping[str, tuple], edges: Sequence[tuple[str, str]], ax=
                                     boxstyle="round,pad=0.04", facecolor="#e8f0fb",
                                     edgecolor="#1f77b4"))
         ax.text(x, y, f"{label}\n({key})" if not subtitle else f"{label}\n{subtitle}",
-                ha="center", va="center", fontsize=9)
+                ha="center", va="center", fontsize=10)
     for a, b in edges:
         (xa, ya), (xb, yb) = centre[a], centre[b]
         ax.annotate("", xy=(xb, yb + height / 2 + 0.05), xytext=(xa, ya - height / 2 - 0.05),

@@ -49,7 +49,7 @@ def plot(k: int = 4):
 
     table = schedule(k)
     steps = len(table[0])
-    fig, ax = plt.subplots(figsize=(min(9.0, 1.1 * steps + 1.5), 0.55 * k + 1.3))
+    fig, ax = plt.subplots(figsize=(min(7.0, 1.1 * steps + 1.5), 0.55 * k + 1.3))
     for rank, row in enumerate(table):
         for step, (phase, chunk, held) in enumerate(row):
             shade = plt.cm.Blues(0.25 + 0.6 * held / k) if phase == "RS" else plt.cm.Greens(0.55)

@@ -74,7 +74,7 @@ def plot_timeline(per_rank: list[list[tuple]], ax=None):
     """A Gantt chart: for each rank, a compute lane and a communication lane."""
     import matplotlib.pyplot as plt
 
-    ax = ax or plt.subplots(figsize=(10, 1.2 + 0.9 * len(per_rank)))[1]
+    ax = ax or plt.subplots(figsize=(7, 1.2 + 0.9 * len(per_rank)))[1]
     colors = {"forward": "#1f77b4", "backward": "#ff7f0e", "all-gather": "#2ca02c",
               "reduce-scatter": "#d62728"}
     labels = []
@@ -87,7 +87,7 @@ def plot_timeline(per_rank: list[list[tuple]], ax=None):
                     ax.broken_barh([(start * 1e3, (end - start) * 1e3)], (y - 0.4, 0.8),
                                    color=colors[kind])
                     ax.text((start + end) / 2 * 1e3, y, str(block), ha="center",
-                            va="center", fontsize=7, color="white")
+                            va="center", fontsize=10, color="white")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("time within the step (ms)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]

@@ -58,7 +58,7 @@ def speedup_figure(speedup_map: scaling.SpeedupMap, *, c_machine: float, c_devic
     span = colour_span([p["measured"] for p in shown])
     norm = LogNorm(vmin=1 / span, vmax=span, clip=True)
 
-    fig = Figure(figsize=(11, 4.8), layout="constrained")
+    fig = Figure(figsize=(7, 4.8), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, panel in zip(axes, shown):
         measured = panel["measured"]
@@ -73,11 +73,11 @@ def speedup_figure(speedup_map: scaling.SpeedupMap, *, c_machine: float, c_devic
         if predicted.min() < 1 < predicted.max():
             ax.contour(h_fine, b_fine, predicted, levels=[1.0], colors="black", linewidths=2)
             ax.plot([], [], "k-", linewidth=2, label="model: S = 1")
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="lower right", fontsize=10)
         else:
             side = "below" if predicted.max() <= 1 else "above"
             ax.text(0.5, 0.02, f"model: S {side} 1 everywhere here", transform=ax.transAxes,
-                    ha="center", va="bottom", fontsize=8,
+                    ha="center", va="bottom", fontsize=10,
                     bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
         ax.set(xscale="log", yscale="log", xlabel="hidden width h (784 → h → h → 10)", title=panel["title"])
         ax.set_xticks(speedup_map.hiddens, [str(h) for h in speedup_map.hiddens])
@@ -88,5 +88,5 @@ def speedup_figure(speedup_map: scaling.SpeedupMap, *, c_machine: float, c_devic
     ticks = [t for t in TICKS if 1 / span <= t <= span]
     bar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
     bar.minorticks_off()
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(title, fontsize=10)
     return fig

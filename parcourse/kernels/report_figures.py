@@ -22,7 +22,7 @@ def sweep_figure(report: dict) -> Figure:
     (the datasheet bandwidth dotted); float16 matmul TFLOPS over the tile, one line per
     size, with ``torch.matmul`` at that size dashed in the same colour."""
     sweep, sheet = report["bench"]["sweep"], devices.datasheet_for(report["device"])
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(7, 4))
     left, right = fig.subplots(1, 2)
     for block in bench.SWEEP_ADD_BLOCKS:
         cells = [r for r in sweep["vector_add"] if r["block"] == block]
@@ -31,7 +31,7 @@ def sweep_figure(report: dict) -> Figure:
         left.axhline(sheet.bandwidth / 1e9, color="black", linestyle=":", label="datasheet bandwidth")
     left.set(xscale="log", xlabel="elements n (float32)", ylabel="GB/s (3ns bytes / time)",
              title="vector add: bandwidth by size and BLOCK")
-    left.legend(fontsize=7, ncol=2)
+    left.legend(fontsize=10, ncol=2)
     for n in bench.SWEEP_MATMUL_SIZES:
         cells = [r for r in sweep["matmul"] if r["n"] == n and "tflops" in r]
         line, = right.plot([r["block"] for r in cells], [r["tflops"] for r in cells], "o-", label=f"n = {n}")
@@ -42,7 +42,7 @@ def sweep_figure(report: dict) -> Figure:
               title="float16 matmul by tile (dashed: torch.matmul)")
     right.set_xticks(bench.SWEEP_MATMUL_BLOCKS, [str(b) for b in bench.SWEEP_MATMUL_BLOCKS], minor=False)
     right.xaxis.set_minor_locator(NullLocator())
-    right.legend(fontsize=7)
+    right.legend(fontsize=10)
     fig.suptitle(f"{report['device']}, {report['date'][:10]}")
     fig.tight_layout()
     return fig
@@ -55,7 +55,7 @@ def roofline_figure(report: dict) -> Figure:
     rows, sheet = report["bench"]["rows"], devices.datasheet_for(report["device"])
     roof = report_tables.measured_roof(report)
     xs = np.logspace(-2, 4, 200)
-    fig = Figure(figsize=(7.5, 4.5))
+    fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     if sheet is not None:
         for peak, name in ((sheet.fp16_flops, "fp16 tensor cores"), (sheet.fp32_flops, "fp32")):
@@ -69,7 +69,7 @@ def roofline_figure(report: dict) -> Figure:
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity I (FLOP/byte, compulsory traffic)",
            ylabel="TFLOPS", title=f"Roofline of the {report['device']} ({report['date'][:10]}), Triton kernels on it")
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=6.5, loc="upper left")
+    ax.legend(fontsize=10, loc="upper left")
     return fig
 
 
@@ -91,5 +91,5 @@ def attention_roofline_figure(points: list[dict], sheet: devices.Datasheet,
             ax.plot(p["intensity"], p["tflops"], "*", ms=10, label=f"measured, {device}")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte, tiles from memory)",
            ylabel="TFLOPS")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=10)
     return fig

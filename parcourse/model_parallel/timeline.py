@@ -143,7 +143,7 @@ def plot(events: list[Event], stages: int, ax=None, title: str = "", unit: float
         width = (e.end - e.start) * unit
         label = str(e.micro) if not e.chunk else f"{e.micro}.{e.chunk}"
         ax.text((e.start - origin) * unit + width / 2, stages - 1 - e.stage, label,
-                ha="center", va="center", fontsize=7, color="white")
+                ha="center", va="center", fontsize=10, color="white")
     ax.set_yticks(range(stages), [f"stage {s}" for s in reversed(range(stages))])
     ax.set_xlabel("time (ms)" if unit == 1e3 else "time")
     ax.set_title(title)

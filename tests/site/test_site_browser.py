@@ -167,6 +167,14 @@ OVERFLOW = """() => {  // what a reader would have to scroll sideways for, or co
     return wide;
 }"""
 
+# A figure drawn wider than the column is shown shrunk, and its text with it: at 100 dpi a
+# figure of at most 7.2 in keeps matplotlib's 10 pt text at 10 pt or more on the page
+# (tests/unit/test_figure_style.py checks the code asks for no smaller text).
+SHRUNK = """() => Array.from(document.querySelectorAll('.cell_output img'))
+    .filter(img => img.complete && img.naturalWidth > 0
+            && img.clientWidth < 0.96 * img.naturalWidth)
+    .map(img => `${img.naturalWidth} px shown at ${img.clientWidth} px`)"""
+
 
 @pytest.fixture(scope="module")
 def book_site(built_html):
@@ -219,14 +227,20 @@ def open_offline(browser, url: str, site: str):
 
 
 def check_figure(page, figure) -> int:
-    """Move every slider of one static figure one step; each move must redraw the plot
-    with other data and show the slider's new value. Returns the number of sliders."""
+    """Move every slider of one static figure one step, and press another button of every
+    choice; each must redraw the plot with other data and show the new value (a slider's
+    label, the pressed button). Returns the number of controls."""
     plot = figure.locator(".parcourse-explore-plot")
     plot.wait_for(state="attached")
     figure.scroll_into_view_if_needed()
     page.wait_for_function("el => Array.isArray(el.data) && el.data.length > 0",
                            arg=plot.element_handle(), timeout=WAIT_MS)
     spec = json.loads(figure.locator("script.parcourse-explore-data").text_content())
+
+    def redrawn(before):
+        page.wait_for_function(f"el => ({PLOT_DATA})(el) !== {json.dumps(before)}",
+                               arg=plot.element_handle(), timeout=WAIT_MS)
+
     sliders = figure.locator("input[type=range]")
     for i in range(sliders.count()):
         slider = sliders.nth(i)
@@ -237,11 +251,25 @@ def check_figure(page, figure) -> int:
         page.keyboard.press("ArrowLeft" if at == top else "ArrowRight")
         moved = at - 1 if at == top else at + 1
         assert int(slider.input_value()) == moved, name
-        page.wait_for_function(f"el => ({PLOT_DATA})(el) !== {json.dumps(before)}",
-                               arg=plot.element_handle(), timeout=WAIT_MS)
+        redrawn(before)
         assert figure.locator(f"input[data-param='{name}'] + output").text_content() \
             == spec["labels"][name][moved]
-    return sliders.count()
+    choices = figure.locator(".parcourse-explore-choice")
+    for i in range(choices.count()):
+        group = choices.nth(i)
+        name = group.get_attribute("data-param")
+        buttons = group.locator("button")
+        pressed = [buttons.nth(j).get_attribute("aria-pressed") for j in range(buttons.count())]
+        assert pressed.count("true") == 1, name
+        at = pressed.index("true")
+        moved = at - 1 if at == buttons.count() - 1 else at + 1
+        before = plot.evaluate(PLOT_DATA)
+        buttons.nth(moved).click()
+        redrawn(before)
+        assert buttons.nth(moved).get_attribute("aria-pressed") == "true", name
+        assert buttons.nth(at).get_attribute("aria-pressed") == "false", name
+        assert buttons.nth(moved).text_content() == spec["labels"][name][moved]
+    return sliders.count() + choices.count()
 
 
 @pytest.mark.parametrize("docname", TOC_PAGES + SPECIAL_PAGES)
@@ -274,10 +302,14 @@ def test_page_works_offline_in_a_real_browser(chromium, book_site, docname):
         if shot and figures.count():  # the first figure after its sliders moved
             figures.first.screenshot(path=str(SCREENSHOTS / f"{shot}-figure.png"))
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.wait_for_function("() => Array.from(document.images).every(i => i.complete)",
+                               timeout=WAIT_MS)
         for width in WIDTHS:  # nothing wider than its column; the top of the page, saved
             page.set_viewport_size({"width": width, "height": 900})
             page.evaluate("window.scrollTo(0, 0)")
             assert page.evaluate(OVERFLOW) == [], f"wider than its column at {width} px"
+            if width == WIDTHS[0]:
+                assert page.evaluate(SHRUNK) == [], "figures drawn wider than the column"
             page.screenshot(path=str(SCREENSHOTS / f"{docname.replace('/', '-')}-{width}.png"))
         page.wait_for_load_state("networkidle", timeout=WAIT_MS)
     except Exception as failure:  # a wait that timed out often has a console error behind it

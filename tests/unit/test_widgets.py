@@ -216,3 +216,19 @@ def test_extension_in_a_sphinx_build(tmp_path, monkeypatch):
     assert "plotly.min.js" not in plain
     assert widgets.os.environ[widgets.ENV_VAR] == "static"  # for the notebooks it executes
     assert html.unescape(index).count("parcourse-explore") >= 1
+
+
+def test_a_choice_is_a_row_of_buttons_and_a_number_a_slider(shown):
+    def timeline(schedule, M):
+        return {"t": ([0, 1], [M, len(schedule) * M])}
+    widgets.explore(timeline, {"schedule": ["gpipe", "1f1b", "zb-h1"], "M": [2, 4]},
+                    title="t", x_label="x", y_label="y", initial={"schedule": "1f1b"},
+                    static=True)
+    page = shown[0].data
+    assert re.findall(r'data-param="(\w+)"', page) == ["schedule", "M"]
+    buttons = re.findall(r'<button type="button" data-index="(\d)" aria-pressed="(\w+)">'
+                         r'([\w-]+)</button>', page)
+    assert buttons == [("0", "false", "gpipe"), ("1", "true", "1f1b"), ("2", "false", "zb-h1")]
+    assert page.count('<input type="range"') == 1                    # M only
+    assert widgets.categorical(["a", 1]) and widgets.categorical([True, False])
+    assert not widgets.categorical([1, 2.5])
