@@ -18,6 +18,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from . import tables
 from .launch import available_cores
 
 
@@ -103,8 +104,7 @@ def as_markdown(info: dict) -> str:
             return ", ".join(value) if value else "none"
         if value is None:
             return "–"
-        return str(value).replace("|", "\\|")
+        return str(value)
 
-    lines = ["| what | this machine |", "|---|---|"]
-    lines += [f"| {key} | {cell(value)} |" for key, value in info.items()]
-    return "\n".join(lines)
+    return tables.markdown(("what", "this machine"),
+                           [(key, cell(value)) for key, value in info.items()])

@@ -127,11 +127,14 @@ def plot(events: list[Event], stages: int, ax=None, title: str = "", unit: float
          messages: list[Event] | None = None):
     """Gantt chart of one step's ``events`` with matplotlib (time × ``unit``: ms). With
     ``messages`` (the step's "send" and "wait" events), each stage's time in ``isend``
-    (black) and waiting in a receive (grey) is drawn as a thin bar under its passes."""
+    (black) and waiting in a receive (grey) is drawn as a thin bar under its passes.
+    A pass is labelled with its micro-batch where the label fits in its bar (about 3 % of
+    the step's span per character, for a panel half the page's width)."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.gca()
     origin = min(e.start for e in events)
+    span = (max(e.end for e in events) - origin) * unit
     for m in messages or []:
         ax.broken_barh([((m.start - origin) * unit, (m.end - m.start) * unit)],
                        (stages - 1 - m.stage - 0.5, 0.1),
@@ -142,6 +145,8 @@ def plot(events: list[Event], stages: int, ax=None, title: str = "", unit: float
                        edgecolor="white", linewidth=0.5)
         width = (e.end - e.start) * unit
         label = str(e.micro) if not e.chunk else f"{e.micro}.{e.chunk}"
+        if width < 0.03 * span * len(label):
+            continue
         ax.text((e.start - origin) * unit + width / 2, stages - 1 - e.stage, label,
                 ha="center", va="center", fontsize=10, color="white")
     ax.set_yticks(range(stages), [f"stage {s}" for s in reversed(range(stages))])

@@ -32,7 +32,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from .. import launch
+from .. import launch, tables
 from ..bench import memory as bench_memory
 from ..models import build_model
 from ..training.loop import make_optimizer
@@ -207,25 +207,35 @@ def _spread(errors: list[float]) -> str:
     return f"{min(errors):+.0%}…{max(errors):+.0%}"
 
 
-def format_validation(rows: list[dict]) -> str:
-    """The table: state bytes measured = predicted, peak, step time and the error."""
-    lines = ["states: the tensors each rank holds, counted by the rank, KiB in rank order "
-             "(a pipeline: predicted for its busiest stage)",
-             f"{'strategy':<14}{'model':<9}{'K':>2} {'states KiB, every rank (pred.)':<34}"
-             f"{'peak KiB':>9}{'pred.':>9}{'step ms':>9}{'pred. ms':>9}{'error':>8}"
-             f"{'rounds':>13}  measured"]
+HEADER = ("strategy", "model", "K", "states KiB, each rank", "predicted", "peak KiB",
+          "predicted", "step ms", "predicted", "error", "rounds")
+
+
+def validation_cells(rows: list[dict]) -> list[list[str]]:
+    """One row of cells per case, for :data:`HEADER`: the states each rank counted
+    ("=" when they are the prediction, to the byte), the peak, the step time, its error
+    (the median round's) and the rounds' spread."""
+    cells = []
     for r in rows:
+        states, predicted, peak, peak_predicted = "—", "—", "—", "—"
         if r["held"] is not None:
-            total = [sum(h[k] for k in KINDS) for h in r["held"]]
             formula = r["formula"] if isinstance(r["formula"], list) else [r["formula"]]
-            predicted = sorted({sum(f[k] for k in KINDS) for f in formula}, reverse=True)
-            states = (f"{'/'.join(_kib(t) for t in total)} {'=' if r['exact'] else '≠'} "
-                      f"{'/'.join(_kib(t) for t in predicted)}")
-            peak = (f"{_kib(r['peak']):>9}{_kib(r['predicted_peak']):>9}"
-                    if r["peak"] is not None else f"{'—':>9}{'—':>9}")
-        else:
-            states, peak = "—", f"{'—':>9}{'—':>9}"
-        lines.append(f"{r['strategy']:<14}{r['model']:<9}{r['workers']:>2} {states:<34}{peak}"
-                     f"{r['measured_s'] * 1e3:>9.1f}{r['predicted_s'] * 1e3:>9.1f}"
-                     f"{r['error']:>+8.0%}{_spread(r['errors']):>13}  {r['method']}")
-    return "\n".join(lines)
+            totals = sorted({sum(f[k] for k in KINDS) for f in formula}, reverse=True)
+            states = ("= " if r["exact"] else "≠ ") + " / ".join(
+                _kib(sum(h[k] for k in KINDS)) for h in r["held"])
+            predicted = " / ".join(_kib(t) for t in totals)
+        if r["peak"] is not None:
+            peak, peak_predicted = _kib(r["peak"]), _kib(r["predicted_peak"])
+        cells.append([r["strategy"], r["model"], str(r["workers"]), states, predicted, peak,
+                      peak_predicted, f"{r['measured_s'] * 1e3:.1f}",
+                      f"{r['predicted_s'] * 1e3:.1f}", f"{r['error']:+.0%}",
+                      _spread(r["errors"])])
+    return cells
+
+
+def format_validation(rows: list[dict]) -> str:
+    """The table for a terminal (:func:`validation_cells`), with how it was measured."""
+    methods = sorted({r["method"] for r in rows})
+    return (tables.text(HEADER, validation_cells(rows)) + "\nstates: the tensors each rank "
+            "holds, counted by the rank, in rank order (a pipeline: predicted for its busiest "
+            "stage); step: " + "; ".join(methods))

@@ -178,7 +178,7 @@ def _kill_one_worker_when(path: Path, step: int, torchrun: subprocess.Popen) -> 
 @pytest.mark.parametrize("strategy", [["ddp"], ["pipeline-1f1b", "--microbatches", "4"]])
 def test_torchrun_restarts_a_killed_worker_from_the_checkpoint(tmp_path, strategy):
     ck, out, reference = tmp_path / "ck.pt", tmp_path / "out.pt", tmp_path / "ref.pt"
-    args = ["train", "--strategy", *strategy, "--model", "complex", "--steps", "400",
+    args = ["train", "--strategy", *strategy, "--model", "complex", "--steps", "120",
             "--batch-size", "64", "--seed", "2", "--quiet", "--dtype", "float64"]
     done = subprocess.run([sys.executable, "-m", "parcourse", *args, "--workers", "2",
                            "--save", str(reference)], capture_output=True, text=True,
