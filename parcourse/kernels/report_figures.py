@@ -22,8 +22,8 @@ def sweep_figure(report: dict) -> Figure:
     (the datasheet bandwidth dotted); float16 matmul TFLOPS over the tile, one line per
     size, with ``torch.matmul`` at that size dashed in the same colour."""
     sweep, sheet = report["bench"]["sweep"], devices.datasheet_for(report["device"])
-    fig = Figure(figsize=(7, 4))
-    left, right = fig.subplots(1, 2)
+    fig = Figure(figsize=(7, 8), layout="constrained")
+    left, right = fig.subplots(2, 1)
     for block in bench.SWEEP_ADD_BLOCKS:
         cells = [r for r in sweep["vector_add"] if r["block"] == block]
         left.plot([r["n"] for r in cells], [r["gbs"] for r in cells], "o-", ms=3, label=f"BLOCK {block}")
@@ -31,7 +31,7 @@ def sweep_figure(report: dict) -> Figure:
         left.axhline(sheet.bandwidth / 1e9, color="black", linestyle=":", label="datasheet bandwidth")
     left.set(xscale="log", xlabel="elements n (float32)", ylabel="GB/s (3ns bytes / time)",
              title="vector add: bandwidth by size and BLOCK")
-    left.legend(fontsize=10, ncol=2)
+    left.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     for n in bench.SWEEP_MATMUL_SIZES:
         cells = [r for r in sweep["matmul"] if r["n"] == n and "tflops" in r]
         line, = right.plot([r["block"] for r in cells], [r["tflops"] for r in cells], "o-", label=f"n = {n}")
@@ -42,9 +42,8 @@ def sweep_figure(report: dict) -> Figure:
               title="float16 matmul by tile (dashed: torch.matmul)")
     right.set_xticks(bench.SWEEP_MATMUL_BLOCKS, [str(b) for b in bench.SWEEP_MATMUL_BLOCKS], minor=False)
     right.xaxis.set_minor_locator(NullLocator())
-    right.legend(fontsize=10)
+    right.legend(ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.suptitle(f"{report['device']}, {report['date'][:10]}")
-    fig.tight_layout()
     return fig
 
 
@@ -55,7 +54,7 @@ def roofline_figure(report: dict) -> Figure:
     rows, sheet = report["bench"]["rows"], devices.datasheet_for(report["device"])
     roof = report_tables.measured_roof(report)
     xs = np.logspace(-2, 4, 200)
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 8), layout="constrained")
     ax = fig.subplots()
     if sheet is not None:
         for peak, name in ((sheet.fp16_flops, "fp16 tensor cores"), (sheet.fp32_flops, "fp32")):
@@ -67,9 +66,9 @@ def roofline_figure(report: dict) -> Figure:
     for r in rows:
         ax.plot(r["intensity"], r["triton_tflops"], "o", label=f"Triton {r['kernel']} {r['size']} {r['dtype']}")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity I (FLOP/byte, compulsory traffic)",
-           ylabel="TFLOPS", title=f"Roofline of the {report['device']} ({report['date'][:10]}), Triton kernels on it")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=10, loc="upper left")
+           ylabel="TFLOPS", title=f"Roofline of the {report['device']} ({report['date'][:10]}),\n"
+                                  f"Triton kernels on it")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11))
     return fig
 
 

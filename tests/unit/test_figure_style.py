@@ -71,6 +71,11 @@ def _violations(code: str) -> list[str]:
                     found.append(f"{keyword.arg}={value!r} (line {node.lineno}): at least "
                                  f"{MIN_POINTS} pt")
         name = getattr(node.func, "attr", "")
+        if name in ("set_fontsize", "set_size") and node.args and isinstance(
+                node.args[0], ast.Constant) and isinstance(node.args[0].value, (int, float)) \
+                and node.args[0].value < MIN_POINTS:
+            found.append(f"{name}({node.args[0].value}) (line {node.lineno}): at least "
+                         f"{MIN_POINTS} pt")
         if name == "set_size_inches" and node.args:
             first = node.args[0]
             if not (isinstance(first, ast.Constant) and first.value <= MAX_WIDTH):
@@ -89,5 +94,6 @@ def test_the_check_finds_what_it_should():
     assert _violations("ax.text(0, 0, 'a', fontsize=8)")
     assert _violations("ax.legend(fontsize='small')")
     assert _violations("ax.tick_params(labelsize=7)")
+    assert _violations("ax.title.set_fontsize(9)")
     assert not _violations("plt.subplots(figsize=(7, 4)); ax.text(0, 0, 'a', fontsize=10)")
     assert not _violations("torch.randint(10, size=8)")        # not a font
