@@ -138,17 +138,18 @@ def _exact(held: list | None, formula) -> bool | None:
 
 
 def _summary(case: dict) -> dict:
-    """The case's row: the medians over rounds, and the median of the rounds' errors."""
+    """The case's row: the round whose error is the median of the rounds' (its measured
+    and predicted step, so that the row's numbers agree with its error), and every
+    round's error."""
     rounds = case.pop("rounds")
     middle = sorted(rounds, key=lambda r: r["predicted"]["step"] / r["measured"])
     chosen = middle[len(middle) // 2]
     case.pop("result", None)
-    return {**case, "measured_s": statistics.median(r["measured"] for r in rounds),
-            "predicted_s": statistics.median(r["predicted"]["step"] for r in rounds),
+    return {**case, "measured_s": chosen["measured"], "predicted_s": chosen["predicted"]["step"],
             "terms": chosen["predicted"], "flops": chosen["flops"],
             "error": chosen["predicted"]["step"] / chosen["measured"] - 1,
             "errors": [r["predicted"]["step"] / r["measured"] - 1 for r in rounds],
-            "method": f"{case['method']}, median of {len(rounds)} rounds"}
+            "method": f"{case['method']}; the round of the median error of {len(rounds)}"}
 
 
 def step_seconds(strategy: str, model: str, workers: int, batch: int, steps: int,
