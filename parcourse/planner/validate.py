@@ -166,19 +166,22 @@ def step_seconds(strategy: str, model: str, workers: int, batch: int, steps: int
 
 
 def validate(workers: int = 2, model: str = "complex", batch: int = 32, trained=TRAINED,
-             steps: int = 8, hw: Hardware | None = None, rounds: int = 3) -> list[dict]:
-    """Rows of predicted vs measured: state bytes (every rank) and peak for DDP and ZeRO,
-    step time for those and for ``trained`` (strategy, model, workers, grid, options).
+             steps: int = 8, hw: Hardware | None = None, rounds: int = 3,
+             variants=tuple(ZERO)) -> list[dict]:
+    """Rows of predicted vs measured: state bytes (every rank) and peak for ``variants``
+    (DDP and ZeRO-1/2/3 on ``model``), step time for those and for ``trained`` (strategy,
+    model, workers, grid, options).
 
     Step times: ``rounds`` rounds, each running every case once (rate, then run), so that
     a change of the machine's load falls on all of them; a row's error is the median of
     its rounds' errors."""
     hw = hw or this_machine()
     shape = book_shape(model)
-    per_rank = bench_memory.measure(workers, model, "adam", "float32", batch)
+    per_rank = (bench_memory.measure(workers, model, "adam", "float32", batch,
+                                     variants=tuple(variants)) if variants else [])
     cases = []
-    for variant, zero in ZERO.items():
-        config = Config(workers, zero=zero)
+    for variant in variants:
+        config = Config(workers, zero=ZERO[variant])
         cases.append(_case(variant, model, workers, config, {},
                            [r[variant]["held"] for r in per_rank], state_bytes(shape, config),
                            max(r[variant]["peak"] for r in per_rank),

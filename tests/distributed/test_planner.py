@@ -33,15 +33,26 @@ def test_state_bytes_per_rank_are_byte_exact(rows):
     assert totals == sorted(totals, reverse=True)      # each stage shards one kind more
 
 
-def test_step_time_ranks_what_the_model_separates_by_3x(rows):
-    """Only what is robust on a loaded machine: DDP on the CNN and on the small MLP are
-    predicted 3× or more apart, and come out in that order measured. (Predictions within
-    3× of each other are not asserted; the table printed above shows how far they miss.)"""
-    cnn, mlp = [next(r for r in rows if r["strategy"] == "ddp" and r["model"] == m)
-                for m in ("complex", "simple")]
-    assert cnn["predicted_s"] >= 3 * mlp["predicted_s"], format_validation(rows)
-    assert cnn["measured_s"] > mlp["measured_s"], format_validation(rows)
-    assert all(r["predicted_s"] > 0 and r["measured_s"] > 0 for r in rows)
+@pytest.fixture(scope="module")
+def timed():
+    """DDP on the MLP and the tensor-parallel GPT, three rounds (a row is the round of
+    the median error: one stall of the machine cannot decide it)."""
+    table = validate(trained=(TRAINED[0], TRAINED[2]), variants=(), rounds=3)
+    print(format_validation(table))
+    return table
+
+
+def test_step_time_ranks_what_the_model_separates_by_3x(timed):
+    """Only what is robust on a loaded machine: whenever the planner predicts one
+    configuration 3× or more slower than another, it is measured slower. (Predictions
+    within 3× of each other are not asserted; the table printed above shows how far they
+    miss, and chapter 4 shows it for every row.)"""
+    apart = [(a, b) for a in timed for b in timed if a["predicted_s"] >= 3 * b["predicted_s"]]
+    assert apart, format_validation(timed)             # the GPT's 8 all-reduces per step
+    for slow, fast in apart:
+        assert slow["measured_s"] > fast["measured_s"], (slow["strategy"], fast["strategy"],
+                                                          format_validation(timed))
+    assert all(r["predicted_s"] > 0 and r["measured_s"] > 0 for r in timed)
 
 
 def test_plan_prints_a_ranked_table():

@@ -156,7 +156,7 @@ MATH_DONE = """() => {  // MathJax has typeset the page (or the page loads no Ma
     return window.parcourseMathDone === true;
 }"""
 MATH_ERROR = "() => window.parcourseMathError || null"  # a typeset that failed, if any
-PLOT_DATA = "el => JSON.stringify(el.data.map(t => [t.x, t.y]))"  # what Plotly draws
+PLOT_DATA = "el => JSON.stringify(el.data.map(t => [t.name, t.x, t.y]))"  # what Plotly draws
 WIDTHS = (1280, 390)  # a laptop's window and a phone's
 OVERFLOW = """() => {  // what a reader would have to scroll sideways for, or could not see
     const wide = Array.from(document.querySelectorAll('.cell_output pre, .output pre, article table'))
@@ -228,8 +228,10 @@ def open_offline(browser, url: str, site: str):
 
 def check_figure(page, figure) -> int:
     """Move every slider of one static figure one step, and press another button of every
-    choice; each must redraw the plot with other data and show the new value (a slider's
-    label, the pressed button). Returns the number of controls."""
+    choice, each from the figure's initial point (where the build checked that every
+    control changes the figure) and back; each must redraw the plot with other data and
+    show the new value (a slider's label, the pressed button). Returns the number of
+    controls."""
     plot = figure.locator(".parcourse-explore-plot")
     plot.wait_for(state="attached")
     figure.scroll_into_view_if_needed()
@@ -254,6 +256,9 @@ def check_figure(page, figure) -> int:
         redrawn(before)
         assert figure.locator(f"input[data-param='{name}'] + output").text_content() \
             == spec["labels"][name][moved]
+        page.keyboard.press("ArrowRight" if at == top else "ArrowLeft")  # back to the start
+        page.wait_for_function(f"el => ({PLOT_DATA})(el) === {json.dumps(before)}",
+                               arg=plot.element_handle(), timeout=WAIT_MS)
     choices = figure.locator(".parcourse-explore-choice")
     for i in range(choices.count()):
         group = choices.nth(i)
@@ -269,6 +274,9 @@ def check_figure(page, figure) -> int:
         assert buttons.nth(moved).get_attribute("aria-pressed") == "true", name
         assert buttons.nth(at).get_attribute("aria-pressed") == "false", name
         assert buttons.nth(moved).text_content() == spec["labels"][name][moved]
+        buttons.nth(at).click()                # back to the start, where the build checked
+        page.wait_for_function(f"el => ({PLOT_DATA})(el) === {json.dumps(before)}",
+                               arg=plot.element_handle(), timeout=WAIT_MS)
     return sliders.count() + choices.count()
 
 
