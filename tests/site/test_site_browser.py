@@ -239,8 +239,10 @@ def check_figure(page, figure) -> int:
                            arg=plot.element_handle(), timeout=WAIT_MS)
     spec = json.loads(figure.locator("script.parcourse-explore-data").text_content())
 
-    def redrawn(before):
-        page.wait_for_function(f"el => ({PLOT_DATA})(el) !== {json.dumps(before)}",
+    def redrawn(before, back: bool = False):
+        """Wait until the plot shows other data than ``before`` (``back``: the same)."""
+        op = "===" if back else "!=="
+        page.wait_for_function(f"el => ({PLOT_DATA})(el) {op} {json.dumps(before)}",
                                arg=plot.element_handle(), timeout=WAIT_MS)
 
     sliders = figure.locator("input[type=range]")
@@ -257,8 +259,7 @@ def check_figure(page, figure) -> int:
         assert figure.locator(f"input[data-param='{name}'] + output").text_content() \
             == spec["labels"][name][moved]
         page.keyboard.press("ArrowRight" if at == top else "ArrowLeft")  # back to the start
-        page.wait_for_function(f"el => ({PLOT_DATA})(el) === {json.dumps(before)}",
-                               arg=plot.element_handle(), timeout=WAIT_MS)
+        redrawn(before, back=True)
     choices = figure.locator(".parcourse-explore-choice")
     for i in range(choices.count()):
         group = choices.nth(i)
@@ -275,8 +276,7 @@ def check_figure(page, figure) -> int:
         assert buttons.nth(at).get_attribute("aria-pressed") == "false", name
         assert buttons.nth(moved).text_content() == spec["labels"][name][moved]
         buttons.nth(at).click()                # back to the start, where the build checked
-        page.wait_for_function(f"el => ({PLOT_DATA})(el) === {json.dumps(before)}",
-                               arg=plot.element_handle(), timeout=WAIT_MS)
+        redrawn(before, back=True)
     return sliders.count() + choices.count()
 
 
