@@ -23,7 +23,7 @@ only as even as the tensor sizes allow.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +37,7 @@ KINDS = ("parameters", "gradients", "optimizer state")
 VARIANTS = ("ddp", "zero-1")
 
 
-def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """Bytes of parameters, gradients and optimizer state this process holds right now."""
-    return held_state_bytes(model, optimizer)
+state_bytes = held_state_bytes  # bytes of P, G and O this process holds right now
 
 
 def one_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
