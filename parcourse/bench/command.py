@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
         bench_experts.run(args.workers)
         return 0
-    args.batch_size = args.batch_size or 256
+    if args.what != "pipeline":   # the pipeline's default batch is its workload's own
+        args.batch_size = args.batch_size or 256
     if args.what == "allreduce":
         largest = int(args.max_mb * (1 << 20))
         sizes = [s for s in bench_allreduce.DEFAULT_SIZES if s <= largest]

@@ -13,12 +13,12 @@ and largest.
 
 Per row: the step time and the speedup over the naive split; the measured bubble beside
 the replay of the recorded passes with free messages (R₁ of
-:mod:`parcourse.model_parallel.idle_time`) and with messages of α + nβ (R₂; α and β from a
-ping-pong fitted in the same run), how far the measurement is from each, the ideal replay
+:mod:`parcourse.model_parallel.idle_time`) and with each message's recorded send (R₂),
+how far the measurement is from each, the ideal replay
 of equal stages (R₀) and (P − 1)/(V·M + P − 1); the most micro-batches (× chunks) a stage
 held. A second table splits the idle time into the schedule's ideal bubble, stage
 imbalance, variation of pass times, messages and the rest, with the measured time of one
-``isend`` beside α + nβ. The reference rows time
+``isend`` beside the α + nβ of a ping-pong fitted in the same run. The reference rows time
 ``torch.distributed.pipelining``'s schedules on the same model in the same rounds.
 """
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 
-from .. import launch
+from .. import launch, tables
 from ..model_parallel import idle_time, schedules
 from ..training import TrainConfig
 from ..training.pipeline import DEFAULT_CHUNKS, PIPELINES
@@ -38,13 +38,21 @@ from .pipeline_runs import bench_worker
 DEFAULT_MICROBATCHES = (4, 8)
 STRATEGIES = {"gpipe": "pipeline-gpipe", "1f1b": "pipeline-1f1b",
               "interleaved": "pipeline-interleaved", "zb-h1": "pipeline-zb-h1"}
-GPT_SIZES = dict(layers=4, width=64, heads=4, sequence=64)
+GPT_SIZES = dict(layers=8, width=256, heads=4, sequence=32)
 
 
 def default_config(workers: int = 2, steps: int = 6, batch_size: int = 64,
                    model: str = "gpt", partition: str = "parameters") -> TrainConfig:
-    """The benchmark's run: the GPT of 4 identical blocks of width 64 over windows of 64
-    bytes (or another model) on P = ``workers`` stages, in float32."""
+    """The benchmark's run: the GPT of 8 identical blocks of width 256 over windows of 32
+    bytes (or another model) on P = ``workers`` stages, in float32.
+
+    The sizes make messages small beside the passes, so that the schedule's own bubble
+    is what the measurement tests: a pass's FLOPs per byte it sends grow with the width
+    and with the blocks per chunk. Measured on a 2-core machine, interleaved 1F1B at
+    M = 8: with 4 blocks of width 64 (windows of 64, batch 256) the messages and their
+    delays took 0.044 of P × step, most of its ideal bubble of 0.053; with these sizes
+    0.020 against 0.057, at about twice the step time (0.65 s against 0.35 s).
+    """
     sizes = GPT_SIZES if model == "gpt" else {}
     return TrainConfig(workers=workers, stages=workers, steps=steps, batch_size=batch_size,
                        model=model, partition=partition, optimizer="adam", lr=0.001,
@@ -87,6 +95,7 @@ def summarize(config: TrainConfig, run: dict, repeats: int, steps: int, alpha_be
             "bubble": statistics.mean(a.bubble for a in accounts),
             "replay": statistics.mean(a.replay_bubble() for a in accounts),
             "with_messages": statistics.mean(a.replay_bubble("messages") for a in accounts),
+            "with_fit": statistics.mean(a.replay_bubble("α+nβ") for a in accounts),
             "ideal": statistics.mean(a.replay_bubble("ideal") for a in accounts),
             **{part: statistics.mean(a.share(part) for a in accounts)
                for part in idle_time.PARTS},
@@ -134,39 +143,59 @@ def measure(base: TrainConfig, microbatches=DEFAULT_MICROBATCHES, names=tuple(ST
             "configs": configs, "runs": runs["variants"]}
 
 
+def _name(row: dict) -> str:
+    return row["schedule"] + ("" if row.get("receives", "step") == "step"
+                              else f" ({row['receives']})")
+
+
 def _ms(cell) -> str:
     median, low, high = cell
-    return f"{median:7.1f} [{low:.1f}–{high:.1f}]"
+    digits = 0 if median >= 100 else 1
+    return f"{median:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+
+
+def _gap(measured: float, replayed: float) -> str:
+    return f"{measured / replayed - 1:+.0%}" if replayed else "–"
+
+
+STEP_HEADER = ("schedule", "M", "V", "step ms (min–max)", "speedup", "bubble", "replay",
+               "vs it", "+ sends", "vs it", "ideal", "formula", "in flight")
+IDLE_HEADER = ("schedule", "M", "α+nβ µs", "isend µs", "bubble", *idle_time.PARTS[:-1],
+               "late", "between")
+
+
+def step_cells(measured: dict) -> list[list[str]]:
+    """The first table's rows: step time, speedup, the measured bubble beside the replays
+    (free messages; the recorded sends) and the ideal, the formula, the peak in flight;
+    then the torch references' step times. A schedule whose receives are not posted at
+    the step's start says how they were."""
+    rows = []
+    for r in measured["rows"]:
+        rows.append([_name(r), str(r["M"]), str(r["V"]), _ms(r["step_ms"]),
+                     f"{r['speedup']:.2f}", f"{r['bubble'][0]:.3f}", f"{r['replay'][0]:.3f}",
+                     _gap(r["bubble"][0], r["replay"][0]), f"{r['with_messages'][0]:.3f}",
+                     _gap(r["bubble"][0], r["with_messages"][0]), f"{r['ideal'][0]:.3f}",
+                     f"{r['theory']:.3f}", str(r["peak_in_flight"])])
+    for r in measured["references"]:
+        rows.append([r["schedule"], str(r["M"]), str(r["V"]), _ms(r["step_ms"]),
+                     *["–"] * (len(STEP_HEADER) - 4)])
+    return rows
+
+
+def idle_cells(measured: dict) -> list[list[str]]:
+    """The second table's rows: one isend against the fit's α + nβ, and the idle time
+    split, as shares of P × step (the rest as late + between)."""
+    return [[_name(r), str(r["M"]), f"{1e6 * r['link']['F']:.0f}", f"{r['send_us'][0]:.0f}",
+             f"{r['bubble'][0]:.3f}",
+             *[f"{r[p][0]:.3f}" for p in (*idle_time.PARTS[:-1], "late", "between")]]
+            for r in measured["rows"]]
 
 
 def format_rows(measured: dict) -> str:
-    """Two fixed-width tables: step time and bubbles; the idle time, split."""
-    rows = measured["rows"]
-    lines = [f"{'schedule':>12} {'M':>2} {'V':>2} {'receives':>8} "
-             f"{'step ms [min–max]':>22} {'speedup':>7} {'bubble':>6} {'replay':>6} "
-             f"{'vs it':>6} {'+msgs':>6} {'vs it':>6} {'ideal':>6} {'formula':>7} "
-             f"{'in flight':>9}"]
-    for r in rows:
-        gaps = [r["bubble"][0] / r[key][0] - 1 if r[key][0] else float("nan")
-                for key in ("replay", "with_messages")]
-        lines.append(f"{r['schedule']:>12} {r['M']:>2} {r['V']:>2} {r['receives']:>8} "
-                     f"{_ms(r['step_ms']):>22} {r['speedup']:>7.2f} {r['bubble'][0]:>6.3f} "
-                     f"{r['replay'][0]:>6.3f} {gaps[0]:>+6.0%} {r['with_messages'][0]:>6.3f} "
-                     f"{gaps[1]:>+6.0%} {r['ideal'][0]:>6.3f} {r['theory']:>7.3f} "
-                     f"{r['peak_in_flight']:>9}")
-    for r in measured["references"]:
-        lines.append(f"{r['schedule']:>17} {r['M']:>2} {r['V']:>2} {'':>3} "
-                     f"{_ms(r['step_ms']):>22}")
-    lines += ["", f"idle time, as shares of P × step (medians over the rounds); messages "
-                  f"α + nβ with {measured['alpha_beta']}",
-              f"{'schedule':>12} {'M':>2} {'receives':>8} {'α+nβ µs':>7} {'isend µs':>8} "
-              f"{'bubble':>6} = "
-              + " + ".join(f"{p:>9}" for p in idle_time.PARTS)
-              + f"   (rest = {'late':>6} + {'between':>7})"]
-    for r in rows:
-        lines.append(f"{r['schedule']:>12} {r['M']:>2} {r['receives']:>8} "
-                     f"{1e6 * r['link']['F']:>7.0f} {r['send_us'][0]:>8.0f} "
-                     f"{r['bubble'][0]:>6.3f} = "
-                     + " + ".join(f"{r[p][0]:>9.3f}" for p in idle_time.PARTS)
-                     + f"   (       {r['late'][0]:>6.3f} + {r['between'][0]:>7.3f})")
-    return "\n".join(lines)
+    """Both tables for a terminal: step time and bubbles; the idle time, split."""
+    return "\n".join([tables.text(STEP_HEADER, step_cells(measured)), "",
+                      f"idle time, as shares of P × step (medians over the rounds; "
+                      f"bubble = ideal + imbalance + variation + messages + late + "
+                      f"between); messages as their sends took; the fit: α + nβ with "
+                      f"{measured['alpha_beta']}",
+                      tables.text(IDLE_HEADER, idle_cells(measured))])

@@ -13,16 +13,19 @@ idle time into parts that add up exactly:
   unequal work (it sums to zero over the stages).
 * R₁, **variation**: every pass takes its own recorded time; span S₁. Per stage:
   S₁ − S_m, what the spread of one pass's time from micro-batch to micro-batch adds.
-* R₂, **messages**: R₁ where each message costs α + nβ, the point-to-point time fitted
-  by a ping-pong on this machine (:func:`parcourse.bench.allreduce.fit_alpha_beta`) for
-  its n bytes, spent by its *sender* after the pass that produced it: on one machine
-  gloo's "network" is a memory copy that the sending process makes (an ``isend`` to a
-  receiver that is ready returns once the data is copied: measured on a 2-core machine
-  while both stages compute, 1.5 to 3 times the idle machine's α + nβ); span S₂. Per
-  stage: S₂ − S₁.
-* **the rest**: S − S₂ per stage — what no replay explains: messages that took longer
-  than α + nβ (a receive posted late, a sender or receiver waiting for a core), Python
-  between the passes, the workers being descheduled.
+* R₂, **messages**: R₁ where each message occupies its *sender* after the pass that
+  produced it — on one machine gloo's "network" is a memory copy that the sending
+  process makes (an ``isend`` to a receiver that is ready returns once the data is
+  copied). With the step's recorded sends (``messages``) each message takes the time its
+  own ``isend`` call took; without them, α + nβ, the point-to-point time fitted by a
+  ping-pong on this machine (:func:`parcourse.bench.allreduce.fit_alpha_beta`) for its n
+  bytes. Span S₂; per stage: S₂ − S₁. The replay with α + nβ is kept beside it
+  (``spans["α+nβ"]``): how far the fit's prediction is from the sends as they ran
+  (measured on a 2-core machine while both stages compute, 1.5 to 3 times the idle
+  machine's α + nβ).
+* **the rest**: S − S₂ per stage — what no replay explains: messages that arrived later
+  than their send (a receive posted late, a receiver's transfer waiting for a core),
+  Python between the passes, the workers being descheduled.
 
 For each stage, ideal + imbalance + variation + messages + rest = S − busy_s, the
 stage's measured idle time; summed over the stages and divided by P·S, the parts add
@@ -33,14 +36,15 @@ The stage also records the time it spends in each ``isend`` call and waiting in 
 receive (:class:`parcourse.model_parallel.pipeline.PipelineStage`'s ``messages``). A stage's
 idle time is spent before its first pass or after its last (waiting for the pipe to fill
 or drain), waiting in a receive, sending, or *between passes* otherwise (Python, being
-descheduled). The measured sending time checks the α + nβ that R₂ charges
+descheduled). The measured sending time checks the fit's α + nβ
 (:attr:`IdleTime.sending` against the number of messages); the rest splits, measured,
 into ``between`` (outside passes, receives and sends) and ``late`` = rest − between:
-time waiting in receives or sending beyond what the replay with α + nβ explains.
+time waiting in receives beyond what the replay explains.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from .pipeline import Event
@@ -85,8 +89,8 @@ class IdleTime:
         return 1.0 - sum(self.busy) / (self.stages * self.span)
 
     def replay_bubble(self, which: str = "replay") -> float:
-        """The idle share of a replay: "ideal" (R₀), "stage times" (R_m), "replay" (R₁) or
-        "messages" (R₂)."""
+        """The idle share of a replay: "ideal" (R₀), "stage times" (R_m), "replay" (R₁),
+        "messages" (R₂) or "α+nβ" (R₁ with every message at the fit's α + nβ)."""
         return 1.0 - sum(self.busy) / (self.stages * self.spans[which])
 
 
@@ -103,13 +107,32 @@ def _per_stage_means(events: list[Event], stages: int, microbatches: int) -> dic
 
 
 def _replay(name, stages, microbatches, chunks, forward, backward, weight, send=0.0,
-            durations=None) -> float:
+            durations=None, sends=None) -> float:
     split = name in SPLIT_BACKWARD
     events = simulate(name, stages, microbatches,
                       forward=forward, backward=[b + w for b, w in zip(backward, weight)]
                       if split else backward, weight=weight if split else None,
-                      send=send, chunks=chunks, durations=durations)
+                      send=send, chunks=chunks, durations=durations, sends=sends)
     return max(e.end for e in events) - min(e.start for e in events)
+
+
+def recorded_sends(events: list[Event], messages: list[Event]) -> dict:
+    """Each recorded ``isend``'s time, keyed by the pass it followed: ``(stage, kind,
+    micro, chunk)`` of the last pass of that stage to end before the send began (a stage
+    sends right after the pass that produced the message), for :func:`timeline.simulate`'s
+    ``sends``."""
+    found = {}
+    for s in {e.stage for e in events}:
+        passes = sorted((e for e in events if e.stage == s), key=lambda e: e.end)
+        ends = [e.end for e in passes]
+        for w in messages:
+            if w.stage == s and w.kind == "send":
+                i = bisect.bisect_right(ends, w.start + 1e-9) - 1
+                if i >= 0:
+                    e = passes[i]
+                    key = (s, e.kind, e.micro, e.chunk)
+                    found[key] = found.get(key, 0.0) + w.end - w.start
+    return found
 
 
 def _measured(events: list[Event], messages: list[Event], stages: int) -> tuple:
@@ -139,6 +162,7 @@ def account(events: list[Event], name: str, stages: int, microbatches: int, chun
     ``messages`` the step's recorded sends and waits (then :attr:`IdleTime.between`).
     """
     measured = (None,) * 3 if messages is None else _measured(events, messages, stages)
+    sends = None if messages is None else recorded_sends(events, messages)
     start = min(e.start for e in events)
     events = [Event(e.step, e.stage, e.kind, e.micro, e.start - start, e.end - start, e.chunk)
               for e in events]
@@ -155,8 +179,10 @@ def account(events: list[Event], name: str, stages: int, microbatches: int, chun
     zero = [0.0] * stages
     spans["replay"] = _replay(name, stages, microbatches, chunks, zero, zero, zero,
                               durations=recorded)
-    spans["messages"] = _replay(name, stages, microbatches, chunks, zero, zero, zero,
-                                send=link, durations=recorded)
+    spans["α+nβ"] = _replay(name, stages, microbatches, chunks, zero, zero, zero,
+                            send=link, durations=recorded)
+    spans["messages"] = spans["α+nβ"] if sends is None else _replay(
+        name, stages, microbatches, chunks, zero, zero, zero, durations=recorded, sends=sends)
     mean_busy = sum(busy) / stages
     parts = {"ideal": [spans["ideal"] - mean_busy] * stages,
              "imbalance": [spans["stage times"] - spans["ideal"] + mean_busy - b for b in busy],

@@ -32,7 +32,7 @@ def _per_stage(value, stages: int) -> list[float]:
 
 def simulate(name: str, stages: int, microbatches: int, forward=1.0, backward=2.0,
              link=0.0, chunks: int = 1, weight=None, durations: dict | None = None,
-             send=0.0) -> list[Event]:
+             send=0.0, sends: dict | None = None) -> list[Event]:
     """The timeline of one step of schedule ``name`` with fixed pass and message times.
 
     ``forward``, ``backward`` and ``weight`` are one stage's times for one micro-batch
@@ -45,13 +45,16 @@ def simulate(name: str, stages: int, microbatches: int, forward=1.0, backward=2.
     the rest for the passes it names (a recorded step replayed). ``send`` (a number or a
     dict by kind, like ``link``) is the time a message occupies its *sender* after the
     pass that produced it — on one machine the "network" is a memory copy that the
-    sender's CPU makes; the message leaves when it is done.
+    sender's CPU makes; the message leaves when it is done. ``sends`` maps
+    ``(stage, kind, micro, chunk)`` of a pass to the recorded time of the send that
+    followed it, overriding ``send`` for that message.
     """
     forward, backward = _per_stage(forward, stages), _per_stage(backward, stages)
     split = name in SPLIT_BACKWARD
     weight = _per_stage([b / 2 for b in backward] if weight is None else weight, stages)
     links = link if isinstance(link, dict) else {"F": link, "B": link}
-    sends = send if isinstance(send, dict) else {"F": send, "B": send}
+    send_of = send if isinstance(send, dict) else {"F": send, "B": send}
+    sends = sends or {}
     per_pass = {"F": [f / chunks for f in forward],
                 "B": [(b - w if split else b) / chunks for b, w in zip(backward, weight)],
                 "W": [w / chunks for w in weight]}
@@ -82,7 +85,7 @@ def simulate(name: str, stages: int, microbatches: int, forward=1.0, backward=2.
             events.append(Event(0, s, kind, m, start, end, c))
             to = v + 1 if kind == "F" else v - 1  # the virtual stage that needs the result
             sent = kind != "W" and 0 <= to <= last and to % stages != s
-            free[s] = end + (sends[kind] if sent else 0.0)
+            free[s] = end + (sends.get((s, kind, m, c), send_of[kind]) if sent else 0.0)
             done[v, kind, m] = free[s] if sent else end
             position[s] += 1
             progressed = True

@@ -99,3 +99,29 @@ def test_the_benchmark_summarizes_rounds_and_prints_both_tables():
     text = bench_pipeline.format_rows({"rows": rows, "references": [],
                                        "alpha_beta": AlphaBeta(1e-4, 1e-9)})
     assert "naive split" in text and "idle time, as shares of P × step" in text
+
+
+def test_recorded_sends_are_replayed_as_they_took_and_leave_no_rest():
+    """A timeline whose sends each took their own time (0.1 to 0.4) is explained exactly
+    by the replay with the recorded sends; with the fit's α + nβ of 0.05 instead, the
+    difference is left as the rest."""
+    plans = timeline.simulate("interleaved", 2, 4, chunks=2)
+    sends = {(e.stage, e.kind, e.micro, e.chunk): 0.1 + 0.1 * ((e.micro + e.chunk) % 4)
+             for e in plans if e.kind != "W" and _sends_elsewhere(e, 2, 2)}
+    events = timeline.simulate("interleaved", 2, 4, chunks=2, sends=sends)
+    messages = [Event(0, e.stage, "send", e.micro, e.end, e.end + sends[key], e.chunk)
+                for e in events
+                if (key := (e.stage, e.kind, e.micro, e.chunk)) in sends]
+    assert idle_time.recorded_sends(events, messages) == pytest.approx(sends)
+    account = idle_time.account(events, "interleaved", 2, 4, 2, link=0.05, messages=messages)
+    assert account.share("messages") > 0.05 and abs(account.share("rest")) < 1e-12
+    assert account.replay_bubble("messages") == pytest.approx(account.bubble)
+    assert account.replay_bubble("α+nβ") < account.bubble
+    fitted = idle_time.account(events, "interleaved", 2, 4, 2, link=0.05)
+    assert fitted.share("rest") > 0.02
+
+
+def _sends_elsewhere(e, stages, chunks) -> bool:
+    v = e.chunk * stages + e.stage
+    to = v + 1 if e.kind == "F" else v - 1
+    return 0 <= to < stages * chunks and to % stages != e.stage
