@@ -65,19 +65,53 @@ def _number(value) -> float | None:
     return float(f"{value:.6g}") if math.isfinite(value) else None
 
 
-def _axis(label: str, log: bool | int) -> dict:
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def tick_label(value: float) -> str:
+    """A log axis's tick as a reader reads it: 0.5, 20, 5000; 10⁶ and 2·10⁶ beyond."""
+    exponent = math.floor(math.log10(value) + 1e-9)
+    if -3 <= exponent < 4:
+        return f"{value:g}"
+    mantissa = round(value / 10 ** exponent, 6)
+    power = "10" + str(exponent).translate(_SUPERSCRIPT)
+    return power if mantissa == 1 else f"{mantissa:g}·{power}"
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Ticks of a decimal log axis from ``low`` to ``high`` (> 0): 1, 2 and 5 of every
+    decade over at most three decades, every power of ten beyond."""
+    first, last = math.floor(math.log10(low) + 1e-9), math.ceil(math.log10(high) - 1e-9)
+    steps = (1, 2, 5) if last - first <= 3 else (1,)
+    ticks = [float(f"{m * 10.0 ** e:.6g}") for e in range(first, last + 1) for m in steps]
+    inside = [t for t in ticks if low * (1 - 1e-9) <= t <= high * (1 + 1e-9)]
+    return inside if len(inside) >= 2 else ticks
+
+
+def _axis(label: str, log: bool | int, values=()) -> dict:
     axis = {"title": {"text": label}, "type": "log" if log else "linear"}
     if log == 2:  # a tick at every power of two (True == 1, a plain log axis)
         axis.update(dtick=math.log10(2), exponentformat="none")
+    elif log:  # Plotly labels 0.5 on a short log axis "5": give it every tick and its text
+        positive = [v for v in values if v is not None and v > 0]
+        if positive:
+            ticks = log_ticks(min(positive), max(positive))
+            axis.update(tickmode="array", tickvals=ticks, ticktext=list(map(tick_label, ticks)))
     return axis
 
 
-def layout(title, x_label, y_label, log_x, log_y, y_ticks=None) -> dict:
-    yaxis = _axis(y_label, log_y)
+def _values(points, key: str) -> list[float]:
+    return [v for frame in points for trace in frame for v in trace[key]]
+
+
+def layout(title, x_label, y_label, log_x, log_y, y_ticks=None, points=()) -> dict:
+    """The Plotly layout; ``points`` (every frame's traces) place a log axis's ticks."""
+    yaxis = _axis(y_label, log_y, _values(points, "y") if log_y else ())
     if y_ticks:
         yaxis.update(tickmode="array", tickvals=list(y_ticks), ticktext=list(y_ticks.values()),
                      zeroline=False)  # labelled rows: no line through the row at 0
     return {"title": {"text": title}, "colorway": COLORS, "hovermode": "closest",
-            "xaxis": _axis(x_label, log_x), "yaxis": yaxis,
+            "xaxis": _axis(x_label, log_x, _values(points, "x") if log_x else ()),
+            "yaxis": yaxis,
             "margin": {"t": 50, "r": 20},
             "legend": {"orientation": "h", "yanchor": "top", "y": -0.2, "font": {"size": 11}}}

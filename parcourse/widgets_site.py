@@ -125,7 +125,7 @@ def static_html(fn, grid: dict[str, list], start: dict[str, int], *, height: int
         points[",".join(map(str, index))] = traces(fn(**params))
     _check_every_slider_moves(grid, start, points)
     spec = {"params": names, "labels": {name: [str(v) for v in grid[name]] for name in names},
-            "points": points, "layout": layout(**labels)}
+            "points": points, "layout": layout(**labels, points=list(points.values()))}
     payload = (json.dumps(spec, separators=(",", ":"), allow_nan=False)
                .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     figure_id = "parcourse-explore-" + hashlib.sha1(payload.encode()).hexdigest()[:12]

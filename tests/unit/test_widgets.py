@@ -66,6 +66,9 @@ def test_static_figure_embeds_every_points_data_and_one_slider_per_parameter(sho
                          "dash": "dot", "width": 2.0}
     assert spec["layout"]["title"]["text"] == "Time <per> step"
     assert spec["layout"]["yaxis"]["type"] == "log" and "dtick" not in spec["layout"]["yaxis"]
+    # y runs from 1/64 to 256 over the frames: more than three decades, a tick per power
+    assert spec["layout"]["yaxis"]["tickvals"] == [0.1, 1, 10, 100]
+    assert spec["layout"]["yaxis"]["ticktext"] == ["0.1", "1", "10", "100"]
     assert spec["layout"]["xaxis"]["dtick"] == pytest.approx(0.30103, rel=1e-5)  # log10 2
     sliders = re.findall(r'<input type="range" min="0" max="(\d+)" step="1" value="(\d+)" '
                          r'data-param="(\w+)"', page)
@@ -232,3 +235,14 @@ def test_a_choice_is_a_row_of_buttons_and_a_number_a_slider(shown):
     assert page.count('<input type="range"') == 1                    # M only
     assert widgets.categorical(["a", 1]) and widgets.categorical([True, False])
     assert not widgets.categorical([1, 2.5])
+
+
+def test_log_ticks_read_as_numbers_not_digits():
+    """Plotly labels 0.5 on a short log axis "5"; the book's ticks say 0.5, and 10⁶."""
+    from parcourse.figure_data import log_ticks, tick_label
+
+    assert log_ticks(0.16, 2.3) == [0.2, 0.5, 1, 2]
+    assert [tick_label(t) for t in log_ticks(0.3, 40)] == ["0.5", "1", "2", "5", "10", "20"]
+    assert [tick_label(t) for t in log_ticks(1, 1e6)] == ["1", "10", "100", "1000", "10⁴",
+                                                         "10⁵", "10⁶"]
+    assert tick_label(2e6) == "2·10⁶" and tick_label(5e-4) == "5·10⁻⁴"
