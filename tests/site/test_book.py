@@ -254,3 +254,27 @@ def test_the_errors_appendix_shows_its_messages_as_tables(built_html):
     page = visible(built_html / "book/appendix/errors.html")
     assert page.tables >= 3
     assert "--batch-size 10 cannot be split evenly over --workers 3" in "".join(page.text)
+
+
+# --- what a reader sees: results, not the project's run history ----------------------------
+
+# A chapter shows what was measured and where. The project's own targets, failed steps of
+# a stored run and notes that something has not run yet belong in the README.
+POST_MORTEM = [r"\bNOT met\b", r"\btargets? (?:is |are |were )?(?:not )?met\b", r"\bFAILED\b",
+               r"ModuleNotFoundError", r"not (?:yet )?been run", r"stopped after \d+ ?s\b",
+               r"Traceback \(most recent call last\)", r"\bbook.s target\b"]
+
+
+class PageText(VisibleText):
+    """All the text a reader can see, code and cell outputs included."""
+
+    SKIP = {"script", "style"}
+
+
+@pytest.mark.parametrize("docname", TOC_PAGES)
+def test_pages_show_results_not_post_mortems(built_html, docname):
+    parser = PageText()
+    parser.feed((built_html / f"{docname}.html").read_text())
+    text = " ".join("".join(parser.text).split())
+    found = [m.group(0) for p in POST_MORTEM for m in re.finditer(p, text)]
+    assert not found, f"run history on a reader's page: {found[:5]}"

@@ -97,3 +97,30 @@ def test_the_check_finds_what_it_should():
     assert _violations("ax.title.set_fontsize(9)")
     assert not _violations("plt.subplots(figsize=(7, 4)); ax.text(0, 0, 'a', fontsize=10)")
     assert not _violations("torch.randint(10, size=8)")        # not a font
+
+
+# A figure drawn from timings (a recorded timeline, step or pass times, a benchmark's rows)
+# shows a property of the machine it ran on, so it names that machine: env.describe() (or
+# the page's MACHINE, or a stored GPU report's machine_line) in the cell that draws it. A
+# cell whose figure is no measurement (a prediction, an ideal timeline, exact counts) says
+# so in a comment, "# not measured: why".
+DRAWS = ("plt.subplots(", "plt.figure(", "explore(", "timeline.plot(", "plot_timeline(")
+TIMED = ("timeline", "events", "seconds", "step_ms", "samples_per_second", "measure(",
+         "compare_strategies(", "bench_")
+NAMES_MACHINE = ("describe()", "MACHINE", "machine_line(")
+
+
+def _notebook_cells():
+    for path in sorted((ROOT / "book").rglob("*.ipynb")):
+        if "_build" in path.parts:
+            continue
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                yield f"{path.relative_to(ROOT)} cell {i}", "".join(cell["source"])
+
+
+def test_every_figure_drawn_from_timings_names_its_machine():
+    unnamed = [where for where, code in _notebook_cells()
+               if any(d in code for d in DRAWS) and any(t in code for t in TIMED)
+               and not any(n in code for n in NAMES_MACHINE) and "# not measured:" not in code]
+    assert unnamed == [], f"timed figures that do not name their machine: {unnamed}"
