@@ -63,18 +63,24 @@ class Hardware:
         return ((self.intra_alpha, self.intra_beta) if inside
                 else (self.inter_alpha, self.inter_beta))
 
-    def collective(self, name: str, nbytes: float, group: int, stride: int = 1) -> float:
+    def collective(self, name: str, nbytes: float, group: int, stride: int = 1,
+                   processes: int | None = None) -> float:
         """Seconds of one ring collective on a whole tensor of ``nbytes`` over ``group``
-        ranks ``stride`` apart: the measured table where it has this K, else α–β."""
+        ranks ``stride`` apart, while ``processes`` run in all (default: the group): the
+        measured table where it has this case (a group of K among more processes is its
+        own entry, "K of N"), else α–β."""
         if group == 1:
             return 0.0
         if self.collectives is not None:
             from .measured import seconds
-            measured = seconds(self.collectives, name, group, nbytes)
+            among = f"{group} of {processes}" if processes and processes > group else None
+            measured = among and seconds(self.collectives, name, among, nbytes)
+            if measured is None:
+                measured = seconds(self.collectives, name, group, nbytes)
             if measured is not None:
                 return measured
         alpha, beta = self.link(group, stride)
-        return predicted_seconds("ring", nbytes, group, alpha, beta, name)
+        return predicted_seconds("ring", nbytes, group, alpha, beta, name.split()[0])
 
     def with_devices(self, devices: int) -> "Hardware":
         """The same machines, ``devices`` in all (whole nodes, or part of one)."""
@@ -158,8 +164,9 @@ def this_machine(refresh: bool = False) -> Hardware:
     if path.exists() and not refresh:
         try:
             stored = json.loads(path.read_text())
-            if "collectives" in stored:        # older caches lack the measured collectives
-                return Hardware(**stored)
+            from .measured import VERSION
+            if (stored.get("collectives") or {}).get("version") == VERSION:
+                return Hardware(**stored)      # an older cache lacks what is measured now
         except (TypeError, ValueError):
             pass                               # an old or damaged cache: measure again
     profile = measure_this_machine()

@@ -46,7 +46,9 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass(frozen=True)
 class Config:
-    """One point of the search: the grid, ZeRO stage, precision, recomputation, M."""
+    """One point of the search: the grid, ZeRO stage, precision, recomputation, M; and
+    the engine that shards (``"fsdp"``: PyTorch's FSDP2, ZeRO-3's states cut per
+    parameter, with its own collectives; otherwise the book's ZeRO engines)."""
     data: int
     tensor: int = 1
     pipeline: int = 1
@@ -54,6 +56,7 @@ class Config:
     precision: str = "fp32"
     recompute: bool = False
     microbatches: int = 1
+    engine: str = "parcourse"
 
     @property
     def devices(self) -> int:

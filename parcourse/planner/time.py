@@ -21,7 +21,12 @@ apart; a group that spans nodes pays the network's α and β (:mod:`.hardware`).
   reduce-scatter (ZeRO-3), one collective per bucket or group. Assumed overlap: on a GPU the
   traffic runs behind the backward pass (ZeRO-3's forward gathers behind the forward), so
   only what exceeds it counts; on this CPU the same cores compute and communicate, so all
-  of it counts.
+  of it counts. FSDP2 (``engine="fsdp"``) works per unit — each layer with parameters,
+  :func:`parcourse.training.fsdp.units` — gathering a unit's parameters before its forward
+  and again before its backward, and reducing its gradient after: 2 all-gathers and one
+  reduce-scatter per unit, with gloo's own collectives (its reduce-scatter an all-reduce
+  of the unit's whole gradient, :mod:`.measured`), and the unit's own work in Python
+  where the profile measured it.
 
 * **loss** — the loop's all-reduce of the step's loss over all ranks (8 bytes: a few
   µs on a GPU, a fraction of a millisecond with gloo).
@@ -59,16 +64,51 @@ def collective_counts(model: ModelShape, config: Config) -> int:
     return max(1, -(-int(nbytes) // BUCKET_BYTES))
 
 
+def fsdp_unit_bytes(model: ModelShape, config: Config) -> list[float]:
+    """Bytes of each FSDP2 unit's parameters (padded to K equal dim-0 chunks of each): the
+    book's models by their layers, shapes as one unit per layer."""
+    size = element(config.precision)
+    if model.book in ("simple", "complex", "gpt") and config.pipeline == config.tensor == 1:
+        from ..training.fsdp import units
+
+        r = config.data
+        return [sum(size * -(-p.shape[0] // r) * r * p[0].numel()
+                    for p in {id(p): p for m in unit for p in m.parameters()}.values())
+                for unit in units(build_model(model.book))]
+    per_rank = model.parameters / (config.tensor * config.pipeline) * size
+    layers = max(1, model.layers // config.pipeline)
+    return [per_rank / layers] * layers
+
+
+def fsdp_unit_seconds(nbytes: float, r: int, stride: int, hw: Hardware) -> float:
+    """One FSDP2 unit of ``nbytes`` per step: 2 all-gathers and an all-reduce of its
+    bytes; where the profile measured what a unit of n₀ bytes costs whole (hooks and its
+    collectives, :func:`.measured.fsdp_unit_worker`), that plus the collectives' growth
+    from n₀ to ``nbytes``."""
+    def collectives(n):
+        return 2 * hw.collective("all_gather gloo", n, r, stride) \
+            + hw.collective("all_reduce", n, r, stride)   # FSDP runs alone: no grid
+
+    unit = (hw.collectives or {}).get("fsdp unit", {}).get(str(r))
+    if not unit:
+        return collectives(nbytes)
+    small, seconds = unit[0]
+    return seconds + collectives(nbytes) - collectives(small)
+
+
 def data_seconds(model: ModelShape, config: Config, hw: Hardware) -> float:
     """The data-parallel gradient (and ZeRO-3 parameter) traffic of one step."""
     r = config.data
     if r == 1:
         return 0.0
+    if config.engine == "fsdp":
+        return sum(fsdp_unit_seconds(n, r, config.tensor, hw)
+                   for n in fsdp_unit_bytes(model, config))
     groups = collective_counts(model, config)
     nbytes = model.parameters / (config.tensor * config.pipeline) * element(config.precision)
     per = nbytes / groups
     if config.zero == 0:
-        return groups * hw.collective("all_reduce", per, r, config.tensor)
+        return groups * hw.collective("all_reduce", per, r, config.tensor, config.devices)
     gather = hw.collective("all_gather", per, r, config.tensor)
     scatter = hw.collective("reduce_scatter", per, r, config.tensor)
     return groups * (scatter + gather * (2 if config.zero == 3 else 1))
@@ -81,7 +121,8 @@ def tensor_seconds(model: ModelShape, config: Config, hw: Hardware, batch: int) 
     micro = batch / (config.data * config.microbatches)
     nbytes = micro * model.sequence * model.width * element(config.precision)
     calls = (6 if config.recompute else 4) * (model.layers / config.pipeline)
-    return config.microbatches * calls * hw.collective("all_reduce", nbytes, t)
+    return config.microbatches * calls * hw.collective("all_reduce", nbytes, t,
+                                                        processes=config.devices)
 
 
 def pipeline_seconds(model: ModelShape, config: Config, hw: Hardware, batch: int) -> float:

@@ -52,7 +52,7 @@ TRAINED = (
     ("tensor", "gpt", 2, Config(1, tensor=2), {}),
     ("dp-pp", "complex", 4, Config(2, pipeline=2, microbatches=2),
      {"stages": 2, "microbatches": 2}),
-    ("fsdp", "complex", 2, Config(2, zero=3), {}),
+    ("fsdp", "complex", 2, Config(2, zero=3, engine="fsdp"), {}),
     ("dp-pp-tp", "gpt", 4, Config(1, tensor=2, pipeline=2, microbatches=2),
      {"stages": 2, "tensor": 2, "microbatches": 2}),
 )

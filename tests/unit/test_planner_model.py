@@ -124,15 +124,25 @@ def test_bad_input_is_one_line(call, message):
     assert str(err.value) == message
 
 
-def test_this_machine_is_cached(tmp_path, monkeypatch):
-    from parcourse.planner import hardware
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    stored = replace(PROFILES["t4"], name="this-machine")
-    hardware.cache_file().parent.mkdir(parents=True)
+def test_this_machine_is_cached_and_measured_again_when_a_collective_is_missing(
+        tmp_path, monkeypatch):
     import dataclasses, json
+    from parcourse.planner import hardware, measured
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    tables = {name: {"2": [[8, 1e-3], [1024, 2e-3]]} for name in measured.TABLES}
+    tables["version"] = measured.VERSION
+    stored = replace(PROFILES["t4"], name="this-machine", collectives=tables)
+    hardware.cache_file().parent.mkdir(parents=True)
     hardware.cache_file().write_text(json.dumps(dataclasses.asdict(stored)))
     assert hardware.this_machine() == stored
     assert str(hardware.cache_file()).startswith(str(tmp_path))
+    fresh = replace(stored, name="measured now")
+    monkeypatch.setattr(hardware, "measure_this_machine", lambda: fresh)
+    older = dict(tables, version=measured.VERSION - 1)   # measured before the latest change
+    hardware.cache_file().write_text(json.dumps(dataclasses.asdict(
+        replace(stored, collectives=older))))
+    assert hardware.this_machine() == fresh
+    assert json.loads(hardware.cache_file().read_text())["name"] == "measured now"
     assert GIB == 1 << 30
 
 
@@ -181,3 +191,24 @@ def test_the_book_gpts_head_is_computed_whole_on_every_tensor_rank():
     share = shape.replicated_flops_per_sample / shape.flops_per_sample
     assert two == pytest.approx(one * ((1 - share) / 2 + share))
     assert XL.replicated_flops_per_sample == 0        # Megatron's vocabulary-parallel head
+
+
+def test_a_group_inside_a_larger_grid_reads_its_own_measured_entry():
+    table = {"all_reduce": {"2": [[8, 1e-3], [1024, 2e-3]], "2 of 4": [[8, 3e-3], [1024, 5e-3]]}}
+    hw = replace(PROFILES["t4"], collectives=table)
+    assert hw.collective("all_reduce", 8, 2) == pytest.approx(1e-3)
+    assert hw.collective("all_reduce", 8, 2, processes=2) == pytest.approx(1e-3)
+    assert hw.collective("all_reduce", 1024, 2, processes=4) == pytest.approx(5e-3)
+    assert hw.collective("all_reduce", 8, 2, processes=8) == pytest.approx(1e-3)  # not measured
+
+
+def test_an_fsdp_unit_costs_its_measured_work_plus_the_collectives_growth_with_bytes():
+    from parcourse.planner.time import fsdp_unit_seconds
+    line = [[80, 1e-3], [8080, 3e-3]]     # 1 ms at 80 B, 2 ms more per 8000 B
+    table = {"all_gather gloo": {"2": line}, "all_reduce": {"2": line},
+             "fsdp unit": {"2": [[80, 4e-3]]}}
+    hw = replace(PROFILES["t4"], collectives=table)
+    assert fsdp_unit_seconds(80, 2, 1, hw) == pytest.approx(4e-3)
+    assert fsdp_unit_seconds(8080, 2, 1, hw) == pytest.approx(4e-3 + 3 * 2e-3)
+    bare = replace(hw, collectives={k: v for k, v in table.items() if k != "fsdp unit"})
+    assert fsdp_unit_seconds(8080, 2, 1, bare) == pytest.approx(3 * 3e-3)
