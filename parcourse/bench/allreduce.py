@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import collectives, launch, loopback
+from .. import collectives, launch, loopback, tables
 
 DEFAULT_SIZES = [2 ** p for p in range(10, 27, 2)]  # 1 KiB … 64 MiB
 IMPLEMENTATIONS = ("gloo", *collectives.ALGORITHMS)
@@ -214,31 +214,32 @@ def run_allreduce_benchmark(world_sizes=(2, 4), sizes=None, implementations=IMPL
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """The benchmark as fixed-width tables, one per collective: bus GB/s per implementation
-    and its ratio to gloo (above 1: faster than gloo)."""
-    names = list(dict.fromkeys(r.get("collective", "all_reduce") for r in rows))
-    tables = []
-    for name in names:
-        table = _format_one([r for r in rows if r.get("collective", "all_reduce") == name])
-        tables.append(table if len(names) == 1 else f"# {name.replace('_', '-')}\n{table}")
-    return "\n\n".join(tables)
-
-
-def _format_one(rows: list[dict]) -> str:
+def table_cells(rows: list[dict], collective: str = "all_reduce") -> tuple[tuple, list[list[str]]]:
+    """One collective's table, as a header and rows of cells: per K and size, the bus GB/s
+    of each implementation and its ratio to gloo (above 1: faster than gloo). Rows without
+    a ``"collective"`` (as written before it existed) are all-reduces."""
+    rows = [r for r in rows if r.get("collective", "all_reduce") == collective]
     implementations = list(dict.fromkeys(r["implementation"] for r in rows))
-    header = f"{'K':>2} {'size':>8} " + " ".join(f"{i + ' GB/s':>10}" for i in implementations)
-    header += " " + " ".join(f"{i + '/gloo':>10}" for i in implementations if i != "gloo")
-    lines = [header]
-    keys = list(dict.fromkeys((r["world_size"], r["bytes"]) for r in rows))
+    others = [i for i in implementations if i != "gloo"]
+    header = ("K", "size", *(f"{i} GB/s" for i in implementations), *(f"{i}/gloo" for i in others))
     by_key = {(r["world_size"], r["bytes"], r["implementation"]): r for r in rows}
-    for k, nbytes in keys:
-        cells = [by_key[(k, nbytes, i)] for i in implementations]
-        line = f"{k:>2} {_human(nbytes):>8} " + " ".join(f"{c['bus_GBps']:>10.3f}" for c in cells)
-        line += " " + " ".join(f"{c['vs_gloo']:>10.2f}" for c in cells
-                               if c["implementation"] != "gloo")
-        lines.append(line)
-    return "\n".join(lines)
+    cells = []
+    for k, nbytes in dict.fromkeys((r["world_size"], r["bytes"]) for r in rows):
+        cells.append([str(k), _human(nbytes),
+                      *(tables.significant(by_key[k, nbytes, i]["bus_GBps"]) for i in implementations),
+                      *(f"{by_key[k, nbytes, i]['vs_gloo']:.2f}" for i in others)])
+    return header, cells
+
+
+def format_table(rows: list[dict]) -> str:
+    """The benchmark as text tables (:func:`table_cells`), one per collective, each under
+    its name when there are several."""
+    names = list(dict.fromkeys(r.get("collective", "all_reduce") for r in rows))
+    shown = []
+    for name in names:
+        table = tables.text(*table_cells(rows, name))
+        shown.append(table if len(names) == 1 else f"# {name.replace('_', '-')}\n{table}")
+    return "\n\n".join(shown)
 
 
 def _human(nbytes: int) -> str:

@@ -226,9 +226,10 @@ def _bench_context(args: argparse.Namespace) -> int:
 
 def _bench_kernels(args: argparse.Namespace) -> int:
     from ..kernels import bench as bench_kernels
+    from ..kernels import bench_report
 
     result = bench_kernels.run(quick=args.quick)
-    print(bench_kernels.format_report(result))
+    print(bench_report.format_report(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

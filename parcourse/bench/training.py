@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .. import tables
 from ..training import TrainConfig, train
 
 DEFAULT_STRATEGIES = ("ddp", "dp-manual", "dp-bucketed")
@@ -33,11 +34,18 @@ def compare_strategies(strategies=DEFAULT_STRATEGIES, rounds: int = 3,
              "overlap": best[s].overlap} for s in strategies]
 
 
+def cells(rows: list[dict]) -> tuple[tuple, list[list[str]]]:
+    """:func:`compare_strategies` as a header and rows of cells: samples/s, the ratio to the
+    first strategy, the share of the loop in all-reduce and the share of that hidden behind
+    backward ("–" where the strategy does not time them: DDP's all-reduce runs inside its
+    C++ Reducer)."""
+    first = next(key for key in rows[0] if key.startswith("vs_"))
+    header = ("strategy", "samples/s", f"vs {first[3:]}", "all-reduce share", "overlap")
+    return header, [[row["strategy"], f"{row['samples_per_s']:,.0f}", f"{row[first]:.2f}×",
+                     f"{row['communication_share']:.0%}" if row["communication_share"] else "–",
+                     f"{row['overlap']:.0%}" if row["overlap"] else "–"] for row in rows]
+
+
 def format_rows(rows: list[dict]) -> str:
-    """A fixed-width table of :func:`compare_strategies`."""
-    keys = list(rows[0])
-    lines = [" ".join(f"{k:>20}" for k in keys)]
-    for row in rows:
-        lines.append(" ".join(f"{v:>20}" if isinstance(v, str) else f"{v:>20,.3f}"
-                              for v in row.values()))
-    return "\n".join(lines)
+    """:func:`cells` as a text table, for a terminal."""
+    return tables.text(*cells(rows))

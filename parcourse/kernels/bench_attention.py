@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import tables
 from . import attention_costs, flash_attention
 from .runtime import gpu_seconds
 
@@ -79,16 +80,36 @@ def run_cuda(quick: bool = False, dtype: torch.dtype = torch.float16) -> list[di
     return rows
 
 
+CAPTION = "attention, B×H×S×d, forward / backward TFLOPS (4BHS²d, 2.5× backward, half causal)"
+HEADER = ("B×H×S×d", "dtype", "kernel", "forward TFLOPS", "backward TFLOPS", "max |ΔO|", "max |ΔdQ|")
+
+
+def _what(r: dict) -> tuple[str, str]:
+    size = f"{r['batch']}×{r['heads']}×{r['seq_len']}×{r['head_dim']}{' causal' if r['causal'] else ''}"
+    return size, "torch SDPA" if r["block_m"] is None else f"Triton {r['block_m']}×{r['block_n']}"
+
+
+def table_cells(rows: list[dict] | None) -> tuple[tuple, list[list[str]]]:
+    """The rows that ran, as cells for :data:`HEADER` (those that failed: :func:`failures`)."""
+    cells = []
+    for r in rows or []:
+        if "error" not in r:
+            size, what = _what(r)
+            cells.append([size, r["dtype"], what, f"{r['forward_tflops']:.1f}", f"{r['backward_tflops']:.1f}",
+                          f"{r['max_abs_error']:.1e}", f"{r['dq_max_abs_error']:.1e}"])
+    return HEADER, cells
+
+
+def failures(rows: list[dict] | None) -> list[str]:
+    """One line per configuration that did not run: what it was and the error."""
+    return [f"attention {' '.join(_what(r))} {r['dtype']}: error: {r['error']}"
+            for r in rows or [] if "error" in r]
+
+
 def format_rows(rows: list[dict] | None) -> list[str]:
-    """The attention rows as lines of the benchmark's report (none without rows)."""
+    """The attention rows as lines of the benchmark's report (none without rows): the
+    caption, the table of :func:`table_cells` and :func:`failures`, each a comment line."""
     if not rows:
         return []
-    lines = ["# attention, B×H×S×d, forward / backward TFLOPS (4BHS²d, 2.5× backward, half causal)"]
-    for r in rows:
-        what = "torch SDPA" if r["block_m"] is None else f"Triton {r['block_m']}×{r['block_n']}"
-        size = f"{r['batch']}×{r['heads']}×{r['seq_len']}×{r['head_dim']}{' causal' if r['causal'] else ''}"
-        figures = (f"error: {r['error']}" if "error" in r else
-                   f"{r['forward_tflops']:6.1f} / {r['backward_tflops']:6.1f} TFLOPS, "
-                   f"max |ΔO| {r['max_abs_error']:.1e}, |ΔdQ| {r['dq_max_abs_error']:.1e}")
-        lines.append(f"#   {size:24s} {r['dtype']:8s} {what:16s} {figures}")
-    return lines
+    return ([f"# {CAPTION}"] + [f"#   {line}" for line in tables.text(*table_cells(rows)).splitlines()]
+            + [f"#   {line}" for line in failures(rows)])

@@ -10,7 +10,7 @@ inside the Triton wheel. What comes out is what that GPU would execute: its
 registers per thread, spills to local memory, the unit that runs ``tl.dot`` (tensor cores
 or CUDA cores), the widest global load and the shared memory per program, counted by
 :mod:`parcourse.kernels.sass` (whose names this module re-exports: ``Compiled``,
-``format_rows``, ...).
+``format_rows``, ``row_cells``, ...).
 
 **What a launch compiles.** A kernel is compiled for its arguments as well as its source
 (a unit stride becomes a constant, sizes divisible by 16 and aligned pointers allow wide
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from . import runtime
 from .devices import MEASUREMENTS, stored_reports
 from .sass import (COUNTED, MATH_UNITS, MAX_REGISTERS_PER_THREAD, REGISTER_GRANULE,  # noqa: F401
-                   REGISTERS_PER_SM, Compiled, count_instructions, format_rows,
+                   REGISTERS_PER_SM, Compiled, count_instructions, format_rows, row_cells,
                    parse_resource_usage, widest_global_load)
 from .specialize import Pointer, launch_signature, specialization  # noqa: F401
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from .. import tables
 from . import compiled, flash_attention, flash_attention_backward
 from .compiled import Pointer
 from .sass import Compiled
@@ -72,14 +73,23 @@ def survey(jobs: dict[str, dict] | None = None) -> dict[str, Compiled | str]:
     return dict(zip(jobs, compiled.compile_kernels(list(jobs.values()), failures="keep")))
 
 
-def format_rows(built: dict[str, Compiled | str]) -> list[str]:
-    """The table of :func:`~parcourse.kernels.sass.format_rows`; a configuration that did
-    not compile gets one line: the error's type and the last line of the compiler's
-    message (where Triton puts the reason)."""
-    rows = compiled.format_rows([(label, c) for label, c in built.items() if isinstance(c, Compiled)])
+def row_cells(built: dict[str, Compiled | str]) -> tuple[tuple, list[list[str]]]:
+    """The configurations that compiled, as :func:`~parcourse.kernels.sass.row_cells`."""
+    return compiled.row_cells([(label, c) for label, c in built.items() if isinstance(c, Compiled)])
+
+
+def failures(built: dict[str, Compiled | str]) -> list[str]:
+    """One line per configuration that did not compile: the error's type and the last line
+    of the compiler's message (where Triton puts the reason)."""
+    lines = []
     for label, c in built.items():
         if not isinstance(c, Compiled):
             reason = c.partition(" failed: ")[2].strip() or c
             kind, last = reason.partition(":")[0], reason.splitlines()[-1].strip()
-            rows.append(f"  {label:28s} did not compile: {kind}: {last[:150]}")
-    return rows
+            lines.append(f"{label} did not compile: {kind}: {last[:150]}")
+    return lines
+
+
+def format_rows(built: dict[str, Compiled | str]) -> list[str]:
+    """The table of :func:`row_cells` as text, then :func:`failures`, one line each."""
+    return tables.text(*row_cells(built)).splitlines() + [f"  {line}" for line in failures(built)]

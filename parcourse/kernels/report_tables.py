@@ -6,7 +6,8 @@ sizes and ``BLOCK``; the float16 matmul over sizes and square tiles; ``torch.mat
 the same sizes) and its ``attention`` rows. The functions here turn these into the
 numbers the chapter shows: a report's *measured roof* (its best vector add and its
 fastest float16 ``torch.matmul``), each row against that roof, the sweep's findings and
-the tiling model next to them. :mod:`parcourse.kernels.report_figures` draws them.
+the tiling model next to them; each table as a header and cells, which the page shows
+with :func:`parcourse.tables.markdown` and a terminal with :func:`parcourse.tables.text`. :mod:`parcourse.kernels.report_figures` draws them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .. import roofline
+from .. import roofline, tables
 from . import attention_costs, bench, devices, tiled_matmul, vecadd
 
 
@@ -80,22 +81,32 @@ def roofline_rows(report: dict) -> list[dict]:
     return table
 
 
-def format_roofline(report: dict, cpu) -> list[str]:
-    """:func:`roofline_rows` as a table, then the measured roof against the datasheet and
-    against ``cpu`` (anything with ``bandwidth`` and ``peak_flops``, e.g. a
-    :class:`parcourse.roofline.CpuRoofline`)."""
+ROOFLINE_HEADER = ("kernel", "size", "dtype", "I (FLOP/B)", "TFLOPS", "of roof (measured)")
+
+
+def roofline_cells(report: dict) -> list[list[str]]:
+    """:func:`roofline_rows` as cells for :data:`ROOFLINE_HEADER`."""
+    return [[r["kernel"], r["size"], r["dtype"], tables.significant(r["intensity"]),
+             tables.significant(r["tflops"]),
+             "–" if math.isnan(r["roof_fraction"]) else f"{r['roof_fraction']:.0%}"]
+            for r in roofline_rows(report)]
+
+
+def roof_lines(report: dict, cpu) -> list[str]:
+    """The measured roof against the datasheet and against ``cpu`` (anything with
+    ``bandwidth`` and ``peak_flops``, e.g. a :class:`parcourse.roofline.CpuRoofline`)."""
     roof, sheet = measured_roof(report), devices.datasheet_for(report["device"])
-    lines = [f"{'kernel':11s} {'size':>15s} {'dtype':8s} {'I (FLOP/B)':>10s} {'TFLOPS':>8s} "
-             f"{'of roof':>8s} (roof: measured)"]
-    lines += [f"{r['kernel']:11s} {r['size']:>15s} {r['dtype']:8s} {r['intensity']:10.3f} "
-              f"{r['tflops']:8.2f} {r['roof_fraction']:8.0%}" for r in roofline_rows(report)]
-    lines.append(f"measured roof: {roof.bandwidth / 1e12:.2f} TB/s"
-                 + (f" ({roof.bandwidth / sheet.bandwidth:.0%} of the datasheet)" if sheet else "")
-                 + f", torch.matmul float16 {roof.fp16_flops / 1e12:.0f} TFLOPS"
-                 + (f" ({roof.fp16_flops / sheet.fp16_flops:.0%} of the dense datasheet peak)" if sheet else ""))
-    lines.append(f"against this CPU: bandwidth × {roof.bandwidth / cpu.bandwidth:.0f}; float16 matmul on "
-                 f"tensor cores against the CPU's float32 matmul × {roof.fp16_flops / cpu.peak_flops:.0f}")
-    return lines
+    return [f"measured roof: {roof.bandwidth / 1e12:.2f} TB/s"
+            + (f" ({roof.bandwidth / sheet.bandwidth:.0%} of the datasheet)" if sheet else "")
+            + f", torch.matmul float16 {roof.fp16_flops / 1e12:.0f} TFLOPS"
+            + (f" ({roof.fp16_flops / sheet.fp16_flops:.0%} of the dense datasheet peak)" if sheet else ""),
+            f"against this CPU: bandwidth × {roof.bandwidth / cpu.bandwidth:.0f}; float16 matmul on "
+            f"tensor cores against the CPU's float32 matmul × {roof.fp16_flops / cpu.peak_flops:.0f}"]
+
+
+def format_roofline(report: dict, cpu) -> list[str]:
+    """:func:`roofline_cells` as a text table, then :func:`roof_lines`."""
+    return tables.text(ROOFLINE_HEADER, roofline_cells(report)).splitlines() + roof_lines(report, cpu)
 
 
 def best_tiles(report: dict) -> list[dict]:
@@ -130,33 +141,48 @@ def tiling_model(report: dict, n: int | None = None) -> list[dict]:
     return rows
 
 
-def format_sweep_findings(report: dict) -> list[str]:
-    """What a report's sweep shows, line by line: vector add exact everywhere and its
-    bandwidth at the largest and smallest sizes; the fastest matmul tile at each size
-    against ``torch.matmul``; the largest size against :func:`tiling_model`."""
+def sweep_finding_lines(report: dict) -> list[str]:
+    """What a report's sweep of the vector add shows: every result bit-equal to x + y, and
+    its bandwidth at the largest and the smallest size."""
     sweep, sheet = report["bench"]["sweep"], devices.datasheet_for(report["device"])
     add = {(r["n"], r["block"]): r["gbs"] for r in sweep["vector_add"]}
     largest, smallest = max(bench.SWEEP_ADD_SIZES), min(bench.SWEEP_ADD_SIZES)
     best = max(bench.SWEEP_ADD_BLOCKS, key=lambda b: add[largest, b])
-    lines = [f"vector add, every one of the {len(sweep['vector_add'])} configurations bit-equal to x + y: "
-             f"{all(r['exact'] for r in sweep['vector_add'])}",
-             f"  n = 2^{largest.bit_length() - 1}: BLOCK 64 {add[largest, 64]:.0f} GB/s, "
-             f"BLOCK {best} {add[largest, best]:.0f} GB/s"
-             + (f" = {add[largest, best] / (sheet.bandwidth / 1e9):.0%} of the datasheet's "
-                f"{sheet.bandwidth / 1e12:.2f} TB/s" if sheet else ""),
-             f"  n = 2^{smallest.bit_length() - 1}: at most "
-             f"{max(add[smallest, b] for b in bench.SWEEP_ADD_BLOCKS):.0f} GB/s: "
-             f"{vecadd.bytes_moved(smallest, 4) / 1e3:.0f} kB in "
-             f"{min(r['seconds'] for r in sweep['vector_add'] if r['n'] == smallest) * 1e6:.1f} µs"]
-    for r in best_tiles(report):
-        lines.append(f"matmul n = {r['n']}: best tile {r['block']} at {r['tflops']:.1f} TFLOPS, "
-                     f"torch.matmul {r['torch_tflops']:.1f} ({r['tflops'] / r['torch_tflops']:.2f}×); "
-                     f"tile 256: {r['tile_256']:.1f}")
+    return [f"vector add, every one of the {len(sweep['vector_add'])} configurations bit-equal to x + y: "
+            f"{all(r['exact'] for r in sweep['vector_add'])}",
+            f"  n = 2^{largest.bit_length() - 1}: BLOCK 64 {add[largest, 64]:.0f} GB/s, "
+            f"BLOCK {best} {add[largest, best]:.0f} GB/s"
+            + (f" = {add[largest, best] / (sheet.bandwidth / 1e9):.0%} of the datasheet's "
+               f"{sheet.bandwidth / 1e12:.2f} TB/s" if sheet else ""),
+            f"  n = 2^{smallest.bit_length() - 1}: at most "
+            f"{max(add[smallest, b] for b in bench.SWEEP_ADD_BLOCKS):.0f} GB/s: "
+            f"{vecadd.bytes_moved(smallest, 4) / 1e3:.0f} kB in "
+            f"{min(r['seconds'] for r in sweep['vector_add'] if r['n'] == smallest) * 1e6:.1f} µs"]
+
+
+def sweep_finding_tables(report: dict) -> list[tuple[str, tuple, list[list[str]]]]:
+    """What a report's sweep of the float16 matmul shows, as ``(caption, header, cells)``:
+    the fastest tile at each size against ``torch.matmul`` (:func:`best_tiles`), and the
+    largest size against the tiling model (:func:`tiling_model`)."""
+    best = [[str(r["n"]), str(r["block"]), tables.significant(r["tflops"]),
+             tables.significant(r["torch_tflops"]), f"{r['tflops'] / r['torch_tflops']:.2f}×",
+             tables.significant(r["tile_256"])] for r in best_tiles(report)]
     n = max(bench.SWEEP_MATMUL_SIZES)
-    lines.append(f"matmul n = {n}, measured against the tiling model (no reuse between programs, "
-                 f"at the datasheet bandwidth):")
-    lines += [f"  tile {r['block']:3d}: I = {r['intensity']:6.1f} FLOP/byte, model ≤ {r['bound']:6.1f} TFLOPS, "
-              f"measured {r['measured']:6.1f}" for r in tiling_model(report, n)]
+    model = [[str(r["block"]), *(tables.significant(r[key]) for key in ("intensity", "bound", "measured"))]
+             for r in tiling_model(report, n)]
+    return [("matmul float16, the fastest tile at each size",
+             ("n", "best tile", "TFLOPS", "torch.matmul TFLOPS", "best / torch", "tile 256 TFLOPS"), best),
+            (f"matmul n = {n}, measured against the tiling model (no reuse between programs, "
+             f"at the datasheet bandwidth)",
+             ("tile", "I (FLOP/B)", "model ≤ TFLOPS", "measured TFLOPS"), model)]
+
+
+def format_sweep_findings(report: dict) -> list[str]:
+    """What a report's sweep shows, for a terminal: :func:`sweep_finding_lines`, then each
+    of :func:`sweep_finding_tables` under its caption."""
+    lines = sweep_finding_lines(report)
+    for caption, header, cells in sweep_finding_tables(report):
+        lines += [f"{caption}:"] + [f"  {line}" for line in tables.text(header, cells).splitlines()]
     return lines
 
 

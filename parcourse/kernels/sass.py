@@ -33,6 +33,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from .. import tables
+
 REGISTERS_PER_SM = 65536
 MAX_REGISTERS_PER_THREAD = 255
 REGISTER_GRANULE = 8  # registers per thread are allocated in multiples of 8
@@ -109,13 +111,19 @@ def widest_global_load(sass: str) -> int:
     return max(bits, default=0)
 
 
+HEADER = ("kernel", "tl.dot runs on", "registers", "stack B", "STL+LDL", "widest load", "shared KiB",
+          "programs/SM by registers")
+
+
+def row_cells(rows: list[tuple[str, Compiled]]) -> tuple[tuple, list[list[str]]]:
+    """One row of cells per ``(label, compiled)``, for :data:`HEADER`: the unit of
+    ``tl.dot``, registers per thread, stack bytes, spill instructions, the widest global
+    load, shared memory per program and the programs an SM holds by registers."""
+    return HEADER, [[label, c.math_unit, str(c.registers), f"{c.stack_bytes:,}", f"{c.spill_instructions:,}",
+                     c.global_loads, f"{c.shared_bytes / 1024:.0f}", str(c.programs_per_sm_by_registers)]
+                    for label, c in rows]
+
+
 def format_rows(rows: list[tuple[str, Compiled]]) -> list[str]:
-    """One line per ``(label, compiled)``: unit of ``tl.dot``, registers, spills, loads,
-    shared memory."""
-    lines = [f"# {'':28s} {'tl.dot runs on':31s} {'regs':>4s} {'stack B':>7s} {'STL+LDL':>7s} "
-             f"{'widest load':>12s} {'smem KiB':>8s} {'programs/SM by regs':>19s}"]
-    for label, c in rows:
-        lines.append(f"  {label:28s} {c.math_unit:31s} {c.registers:4d} {c.stack_bytes:7d} "
-                     f"{c.spill_instructions:7d} {c.global_loads:>12s} {c.shared_bytes / 1024:8.0f} "
-                     f"{c.programs_per_sm_by_registers:19d}")
-    return lines
+    """:func:`row_cells` as the lines of a text table (a header and one line per row)."""
+    return tables.text(*row_cells(rows)).splitlines()

@@ -27,7 +27,7 @@ def test_bench_kernels_on_cpu_prints_the_roofline_the_torch_ops_and_the_interpre
     assert lines[0].startswith("# ") and "torch" in lines[0]  # the machine
     assert any(line.startswith("# this CPU's roofline: bandwidth ") for line in lines)
     header = next(i for i, line in enumerate(lines) if line.startswith("kernel "))
-    assert lines[header].split() == ["kernel", "size", "dtype", "FLOP/B", "torch", "time", "GB/s",
+    assert lines[header].split() == ["kernel", "size", "dtype", "FLOP/B", "torch", "ms", "GB/s",
                                      "GFLOP/s", "of", "roof"]
     assert [line.split()[0] for line in lines[header + 1:header + 5]] == [
         "vector_add", "softmax", "layer_norm", "matmul"]

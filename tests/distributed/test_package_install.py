@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from parcourse.model_parallel import activation_memory as pipeline_memory
-from parcourse.kernels import bench, compiled, devices
+from parcourse.kernels import bench, bench_report, compiled, devices
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILT_FROM = ("pyproject.toml", "README.md", "requirements.txt", "requirements-dev.txt")
@@ -23,11 +23,11 @@ BUILT_FROM = ("pyproject.toml", "README.md", "requirements.txt", "requirements-d
 RENDER = """
 import importlib, json, pkgutil, parcourse
 from parcourse.model_parallel import activation_memory as pipeline_memory
-from parcourse.kernels import bench, compiled, devices, gpu_check
+from parcourse.kernels import bench, bench_report, compiled, devices, gpu_check
 reports = [r for r in devices.stored_reports() if "bench" in r]
 print(json.dumps({
     "package": parcourse.__file__, "reports": str(devices.REPORTS), "surveys": str(compiled.SURVEYS),
-    "rendered": [{"file": r["file"], "device": r["device"], "table": bench.format_report(r["bench"]),
+    "rendered": [{"file": r["file"], "device": r["device"], "table": bench_report.format_report(r["bench"]),
                   "steps": [devices.step_summary(o) for o in r["steps"].values()],
                   "pipeline memory": pipeline_memory.format_rows(r["pipeline_memory"])}
                  for r in reports],
@@ -101,7 +101,7 @@ def test_the_installed_package_renders_the_stored_h100_report(installed):
     assert h100["steps"][0] == "passed" and len(h100["steps"]) == 4
     # the same figures as the checkout renders from the same report, to the last digit
     (stored,) = [r for r in devices.stored_reports() if r["file"] == h100["file"]]
-    assert h100["table"] == bench.format_report(stored["bench"])
+    assert h100["table"] == bench_report.format_report(stored["bench"])
     assert h100["pipeline memory"] == pipeline_memory.format_rows(stored["pipeline_memory"])
     assert h100["steps"] == [devices.step_summary(o) for o in stored["steps"].values()]
 

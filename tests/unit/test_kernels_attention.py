@@ -225,7 +225,7 @@ def test_measured_memory_is_what_the_algorithms_hold(causal):
     assert flash == attention_costs.flash_extra_bytes(batch, heads, seq_len) + out
 
 
-def test_the_gpu_benchmark_rows_print_as_one_line_each():
+def test_the_gpu_benchmark_rows_are_a_table_and_failures_one_line_each():
     from parcourse.kernels import bench_attention
 
     base = dict(batch=4, heads=16, seq_len=4096, head_dim=64, causal=True, dtype="float16")
@@ -233,10 +233,18 @@ def test_the_gpu_benchmark_rows_print_as_one_line_each():
              "max_abs_error": 0.0, "dq_max_abs_error": 0.0},
             {**base, "block_m": 128, "block_n": 128, "error": "OutOfResources: out of resource: shared memory"}]
     assert bench_attention.format_rows(None) == []
+    header, cells = bench_attention.table_cells(rows)
+    assert header == ("B×H×S×d", "dtype", "kernel", "forward TFLOPS", "backward TFLOPS", "max |ΔO|",
+                      "max |ΔdQ|")
+    assert cells == [["4×16×4096×64 causal", "float16", "torch SDPA", "350.0", "200.0", "0.0e+00", "0.0e+00"]]
+    assert bench_attention.failures(rows) == [
+        "attention 4×16×4096×64 causal Triton 128×128 float16: error: OutOfResources: out of resource: "
+        "shared memory"]
     lines = bench_attention.format_rows(rows)
-    assert lines[1].split() == ["#", "4×16×4096×64", "causal", "float16", "torch", "SDPA", "350.0", "/",
-                                "200.0", "TFLOPS,", "max", "|ΔO|", "0.0e+00,", "|ΔdQ|", "0.0e+00"]
-    assert lines[2].endswith("Triton 128×128   error: OutOfResources: out of resource: shared memory")
+    assert lines[0] == f"# {bench_attention.CAPTION}"
+    assert lines[2].split() == ["#", "4×16×4096×64", "causal", "float16", "torch", "SDPA", "350.0", "200.0",
+                                "0.0e+00", "0.0e+00"]
+    assert lines[3] == "#   " + bench_attention.failures(rows)[0]
 
 
 def test_the_online_log_sum_exp_rescales_the_old_sum_and_ends_at_logsumexp():

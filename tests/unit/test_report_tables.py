@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from parcourse import tables
 from parcourse.kernels import attention_costs, bench, devices, report_tables
 
 H100 = next(r for r in devices.stored_reports() if "H100" in r["device"])
@@ -67,7 +68,15 @@ def test_roofline_rows_set_each_row_against_the_measured_roof():
 def test_format_roofline_prints_a_row_per_kernel_and_the_roof():
     lines = report_tables.format_roofline(H100, CPU)
     assert len(lines) == 1 + 8 + 2
-    assert lines[0].startswith("kernel") and "of roof" in lines[0]
+    assert lines[0].split("  ")[0] == "kernel" and lines[0].endswith("of roof (measured)")
+    cells = report_tables.roofline_cells(H100)
+    assert [len(c) for c in cells] == [len(report_tables.ROOFLINE_HEADER)] * 8
+    assert lines[1:9] == tables.text(report_tables.ROOFLINE_HEADER, cells).splitlines()[1:]
+    rows = report_tables.roofline_rows(H100)
+    assert cells[0][:3] == [rows[0]["kernel"], rows[0]["size"], rows[0]["dtype"]]
+    assert cells[0][3:] == [tables.significant(rows[0]["intensity"]), tables.significant(rows[0]["tflops"]),
+                            f"{rows[0]['roof_fraction']:.0%}"]
+    assert lines[-2:] == report_tables.roof_lines(H100, CPU)
     assert "of the datasheet" in lines[-2] and "of the dense datasheet peak" in lines[-2]
     roof = report_tables.measured_roof(H100)
     assert lines[-1] == (f"against this CPU: bandwidth × {roof.bandwidth / 20e9:.0f}; float16 matmul on "
@@ -99,8 +108,19 @@ def test_sweep_findings_name_sizes_tiles_and_the_model():
     assert lines[0].endswith("bit-equal to x + y: True")
     assert lines[1].startswith("  n = 2^28: BLOCK 64") and "of the datasheet's 3.35 TB/s" in lines[1]
     assert lines[2].startswith("  n = 2^16: at most")
-    assert [line.split(":")[0] for line in lines[3:7]] == [f"matmul n = {n}" for n in bench.SWEEP_MATMUL_SIZES]
-    assert len(lines) == 3 + 4 + 1 + len(bench.SWEEP_MATMUL_BLOCKS)
+    (best_caption, best_header, best), (model_caption, model_header, model) = \
+        report_tables.sweep_finding_tables(H100)
+    assert best_header == ("n", "best tile", "TFLOPS", "torch.matmul TFLOPS", "best / torch", "tile 256 TFLOPS")
+    assert [row[0] for row in best] == [str(n) for n in bench.SWEEP_MATMUL_SIZES]
+    fastest = report_tables.best_tiles(H100)[-1]
+    assert best[-1] == ["4096", str(fastest["block"]), tables.significant(fastest["tflops"]),
+                        tables.significant(fastest["torch_tflops"]),
+                        f"{fastest['tflops'] / fastest['torch_tflops']:.2f}×", tables.significant(fastest["tile_256"])]
+    assert model_header == ("tile", "I (FLOP/B)", "model ≤ TFLOPS", "measured TFLOPS")
+    assert [row[0] for row in model] == [str(b) for b in bench.SWEEP_MATMUL_BLOCKS]
+    assert lines[3] == f"{best_caption}:" and lines[4].split()[:3] == ["n", "best", "tile"]
+    assert lines[9] == f"{model_caption}:" and lines[-1].split()[0] == "256"
+    assert len(lines) == 3 + (1 + 1 + 4) + (1 + 1 + len(bench.SWEEP_MATMUL_BLOCKS))
 
 
 def test_attention_points_keep_the_matching_non_causal_forward_rows():

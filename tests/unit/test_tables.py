@@ -26,3 +26,20 @@ def test_text_lines_the_columns_up():
 def test_a_row_of_the_wrong_length_is_refused():
     with pytest.raises(ValueError, match="a row has 2 cells, the header 3"):
         tables.markdown(HEADER, [("ddp", "1")])
+
+
+def test_exponents_are_numbers_and_an_empty_cell_does_not_decide_the_alignment():
+    rows = [("ddp", "3.2e-07", "–"), ("single", "–", "–"), ("zero3", "1.0e+02", "x")]
+    assert tables.markdown(("strategy", "max |Δ|", "note"), rows).splitlines()[1] == "|---|---:|---|"
+    assert tables.text(("strategy", "max |Δ|", "note"), rows).splitlines() == [
+        "strategy  max |Δ|  note",
+        "ddp       3.2e-07  –",
+        "single          –  –",
+        "zero3     1.0e+02  x"]
+
+
+@pytest.mark.parametrize("value, shown", [(0.0012345, "0.00123"), (1.2345, "1.23"), (9.996, "10.0"),
+                                          (123.45, "123"), (12345.6, "12,300"), (-0.5, "-0.500"),
+                                          (0, "0"), (float("nan"), "–"), (None, "–")])
+def test_significant_keeps_three_digits_without_an_exponent(value, shown):
+    assert tables.significant(value) == shown
