@@ -98,9 +98,9 @@ def test_bad_model_parallel_input_exits_2_before_any_worker_starts(in_process, a
     (["--schedules", "zigzag"],
      "bench pipeline compares gpipe, 1f1b, interleaved, zb-h1, not zigzag"),
     (["--repeats", "0"], "--repeats must be at least 1 (got 0)"),
-    (["--microbatches", "6", "--batch-size", "48", "--workers", "4"],
-     "--stages 4 × --chunks 2 = 8 model chunks is more than the 6 layers of --model gpt (the "
-     "embeddings, --layers 4 blocks and the head): each chunk needs at least one layer, so "
+    (["--microbatches", "6", "--batch-size", "48", "--workers", "6"],
+     "--stages 6 × --chunks 2 = 12 model chunks is more than the 10 layers of --model gpt (the "
+     "embeddings, --layers 8 blocks and the head): each chunk needs at least one layer, so "
      "use --chunks 1 or fewer"),
     (["--microbatches", "3", "--batch-size", "48"],
      "--microbatches 3 is not a multiple of --stages 2: interleaved 1F1B sends the "
