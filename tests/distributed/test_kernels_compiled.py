@@ -288,7 +288,7 @@ def test_the_command_line_prints_the_table_and_stores_what_stored_surveys_reads(
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == f"compiled by {compiled.toolchain()}"
     assert printed[2].split() == ["H100", "fp16", "tile", "256", "tensor", "cores,", "warpgroup",
-                                  "(HGMMA)", "255", "1024", "700", "128-bit", "async", "192", "1"]
+                                  "(HGMMA)", "255", "1,024", "700", "128-bit", "async", "192", "1"]
     assert printed[3] == f"written: {target}"
     (stored,) = compiled.stored_surveys(target.parent)
     assert stored["rows"] == {"H100 fp16 tile 256": row} and stored["file"] == target.name
