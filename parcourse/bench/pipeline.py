@@ -95,7 +95,6 @@ def summarize(config: TrainConfig, run: dict, repeats: int, steps: int, alpha_be
             "bubble": statistics.mean(a.bubble for a in accounts),
             "replay": statistics.mean(a.replay_bubble() for a in accounts),
             "with_messages": statistics.mean(a.replay_bubble("messages") for a in accounts),
-            "with_fit": statistics.mean(a.replay_bubble("α+nβ") for a in accounts),
             "ideal": statistics.mean(a.replay_bubble("ideal") for a in accounts),
             **{part: statistics.mean(a.share(part) for a in accounts)
                for part in idle_time.PARTS},
