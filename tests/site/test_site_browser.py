@@ -7,8 +7,11 @@ and without an AMD loader on the page. Then the real book, as built by the tests
 and index pages, opens in headless Chromium with every request outside the local server
 blocked, and must show no console error and no failed request, a sidebar that lists
 every page of ``_toc.yml``, formulas without MathJax errors, Mermaid diagrams drawn as
-SVG, and interactive figures whose every slider changes the plotted data. Screenshots of
-chapters 3, 5 and 6 go to ``_build/screenshots/``.
+SVG, interactive figures whose every slider changes the plotted data, and nothing wider
+than its column at 1280 and 390 px: no output block, table or table container scrolls
+sideways (a table wider than the column is shown as cards, and at 1280 px none may need
+to be). Screenshots of every page at both widths, and of the tops of chapters 3, 5 and 6,
+go to ``_build/screenshots/``.
 
 Needs Chromium at /usr/bin/chromium (Debian: ``apt-get install chromium``, which
 ``make test`` runs where it can); never a browser downloaded by Playwright.
@@ -159,7 +162,8 @@ MATH_ERROR = "() => window.parcourseMathError || null"  # a typeset that failed,
 PLOT_DATA = "el => JSON.stringify(el.data.map(t => [t.name, t.x, t.y]))"  # what Plotly draws
 WIDTHS = (1280, 390)  # a laptop's window and a phone's
 OVERFLOW = """() => {  // what a reader would have to scroll sideways for, or could not see
-    const wide = Array.from(document.querySelectorAll('.cell_output pre, .output pre, article table'))
+    const boxes = '.cell_output pre, .output pre, article table, .pst-scrollable-table-container';
+    const wide = Array.from(document.querySelectorAll(boxes))
         .filter(e => e.scrollWidth > e.clientWidth + 1)
         .map(e => (e.innerText || '').trim().split('\\n')[0].slice(0, 80));
     const page = document.documentElement.scrollWidth;
@@ -170,6 +174,12 @@ OVERFLOW = """() => {  // what a reader would have to scroll sideways for, or co
 # A figure drawn wider than the column is shown shrunk, and its text with it: at 100 dpi a
 # figure of at most 7.2 in keeps matplotlib's 10 pt text at 10 pt or more on the page
 # (tests/unit/test_figure_style.py checks the code asks for no smaller text).
+# _static/parcourse-tables.js shows a table wider than its column as cards; it marks the
+# column's width it last fitted the tables to, and a laptop's window must need no cards.
+FITTED = """() => document.documentElement.dataset.parcourseTablesFitted
+                 === String((document.querySelector('article') || document.body).clientWidth)"""
+CARDS = "() => Array.from(document.querySelectorAll('table.parcourse-cards'))" \
+        ".map(t => (t.innerText || '').trim().split('\\n')[0].slice(0, 80))"
 SHRUNK = """() => Array.from(document.querySelectorAll('.cell_output img'))
     .filter(img => img.complete && img.naturalWidth > 0
             && img.clientWidth < 0.96 * img.naturalWidth)
@@ -315,8 +325,10 @@ def test_page_works_offline_in_a_real_browser(chromium, book_site, docname):
         for width in WIDTHS:  # nothing wider than its column; the top of the page, saved
             page.set_viewport_size({"width": width, "height": 900})
             page.evaluate("window.scrollTo(0, 0)")
+            page.wait_for_function(FITTED, timeout=WAIT_MS)
             assert page.evaluate(OVERFLOW) == [], f"wider than its column at {width} px"
             if width == WIDTHS[0]:
+                assert page.evaluate(CARDS) == [], "tables that fit a laptop's column as cards"
                 assert page.evaluate(SHRUNK) == [], "figures drawn wider than the column"
             page.screenshot(path=str(SCREENSHOTS / f"{docname.replace('/', '-')}-{width}.png"))
         page.wait_for_load_state("networkidle", timeout=WAIT_MS)
