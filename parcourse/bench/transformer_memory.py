@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import launch
+from .. import launch, tables
 from ..memory_meter import LiveBytes
 from ..models import build_model
 from ..model_parallel import tensor_gpt
@@ -192,27 +192,37 @@ def memory(ranks: int, sizes: dict = SIZES, figures: dict | None = None) -> list
     return rows
 
 
-def format_traffic(rows: list[dict]) -> str:
-    lines = [f"{'mode':32} {'collective':38} {'calls':>5} {'KiB':>9} {'ring KiB/rank':>13}"]
+TRAFFIC_HEADER = ("mode", "collective", "calls", "KiB", "ring KiB per rank")
+MEMORY_HEADER = ("mode", "T", "measured KiB", "formula KiB", "paper KiB", "paper 16-bit KiB")
+
+
+def traffic_cells(rows: list[dict]) -> list[list[str]]:
+    """:func:`traffic`'s rows as cells for :data:`TRAFFIC_HEADER`, each mode closed by its
+    total beside the formula's."""
+    cells = []
     for mode in dict.fromkeys(r["mode"] for r in rows):
         mine = [r for r in rows if r["mode"] == mode]
-        for r in mine:
-            lines.append(f"{mode:32} {r['collective']:38} {r['calls']:>5} "
-                         f"{r['bytes'] / 1024:>9.1f} {r['ring_bytes_per_rank'] / 1024:>13.1f}")
+        cells += [[mode, r["collective"], str(r["calls"]), f"{r['bytes'] / 1024:.1f}",
+                   f"{r['ring_bytes_per_rank'] / 1024:.1f}"] for r in mine]
         total = sum(r["ring_bytes_per_rank"] for r in mine)
-        label = f"total (formula {mine[0]['formula_total'] / 1024:.1f})"
-        lines.append(f"{mode:32} {label:38} {'':>5} {'':>9} {total / 1024:>13.1f}")
-    return "\n".join(lines)
+        cells.append([mode, f"total (formula {mine[0]['formula_total'] / 1024:.1f})", "", "",
+                      f"{total / 1024:.1f}"])
+    return cells
+
+
+def memory_cells(rows: list[dict]) -> list[list[str]]:
+    """:func:`memory`'s rows as cells for :data:`MEMORY_HEADER`."""
+    return [[r["mode"], str(r["ranks"]), f"{r['measured'] / 1024:.1f}",
+             f"{r['formula'] / 1024:.1f}", f"{r['paper'] / 1024:.1f}",
+             f"{r['paper_16_bit'] / 1024:.1f}"] for r in rows]
+
+
+def format_traffic(rows: list[dict]) -> str:
+    return tables.text(TRAFFIC_HEADER, traffic_cells(rows))
 
 
 def format_memory(rows: list[dict]) -> str:
-    lines = [f"{'mode':32} {'t':>2} {'measured KiB':>12} {'formula KiB':>11} "
-             f"{'paper KiB':>9} {'paper 16-bit KiB':>16}"]
-    for r in rows:
-        lines.append(f"{r['mode']:32} {r['ranks']:>2} {r['measured'] / 1024:>12.1f} "
-                     f"{r['formula'] / 1024:>11.1f} {r['paper'] / 1024:>9.1f} "
-                     f"{r['paper_16_bit'] / 1024:>16.1f}")
-    return "\n".join(lines)
+    return tables.text(MEMORY_HEADER, memory_cells(rows))
 
 
 def saved_tensors(output: torch.Tensor, exclude=()) -> list[dict]:

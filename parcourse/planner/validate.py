@@ -211,35 +211,52 @@ def _spread(errors: list[float]) -> str:
     return f"{min(errors):+.0%}…{max(errors):+.0%}"
 
 
-HEADER = ("strategy", "model", "K", "states KiB, each rank", "predicted", "peak KiB",
-          "predicted", "step ms", "predicted", "error", "rounds")
+MEMORY_HEADER = ("strategy", "model", "K", "states KiB, each rank", "predicted", "peak KiB",
+                 "predicted")
+TIME_HEADER = ("strategy", "model", "K", "step ms", "predicted", "compute + bubble",
+               "communication", "error", "rounds")
+COMPUTE = ("compute", "bubble")                  # the terms of .time.step_time that compute
 
 
-def validation_cells(rows: list[dict]) -> list[list[str]]:
-    """One row of cells per case, for :data:`HEADER`: the states each rank counted
-    ("=" when they are the prediction, to the byte), the peak, the step time, its error
-    (the median round's) and the rounds' spread."""
+def memory_cells(rows: list[dict]) -> list[list[str]]:
+    """One row of cells per case that counted its tensors, for :data:`MEMORY_HEADER`: the
+    states each rank counted ("=" when they are the prediction, to the byte) and the
+    prediction (each distinct value), the peak of a step and its prediction."""
     cells = []
     for r in rows:
-        states, predicted, peak, peak_predicted = "—", "—", "—", "—"
-        if r["held"] is not None:
-            formula = r["formula"] if isinstance(r["formula"], list) else [r["formula"]]
-            totals = sorted({sum(f[k] for k in KINDS) for f in formula}, reverse=True)
-            states = ("= " if r["exact"] else "≠ ") + " / ".join(
-                _kib(sum(h[k] for k in KINDS)) for h in r["held"])
-            predicted = " / ".join(_kib(t) for t in totals)
+        if r["held"] is None:
+            continue
+        formula = r["formula"] if isinstance(r["formula"], list) else [r["formula"]]
+        totals = sorted({sum(f[k] for k in KINDS) for f in formula}, reverse=True)
+        states = ("= " if r["exact"] else "≠ ") + " / ".join(
+            _kib(sum(h[k] for k in KINDS)) for h in r["held"])
+        peak, peak_predicted = "—", "—"
         if r["peak"] is not None:
             peak, peak_predicted = _kib(r["peak"]), _kib(r["predicted_peak"])
-        cells.append([r["strategy"], r["model"], str(r["workers"]), states, predicted, peak,
-                      peak_predicted, f"{r['measured_s'] * 1e3:.1f}",
-                      f"{r['predicted_s'] * 1e3:.1f}", f"{r['error']:+.0%}",
-                      _spread(r["errors"])])
+        cells.append([r["strategy"], r["model"], str(r["workers"]), states,
+                      " / ".join(_kib(t) for t in totals), peak, peak_predicted])
+    return cells
+
+
+def time_cells(rows: list[dict]) -> list[list[str]]:
+    """One row of cells per case, for :data:`TIME_HEADER`: the measured and predicted step
+    (the median round's), the prediction's compute (with a pipeline's bubble) and its
+    communication, its error and the rounds' spread."""
+    cells = []
+    for r in rows:
+        compute = sum(r["terms"][k] for k in COMPUTE)
+        cells.append([r["strategy"], r["model"], str(r["workers"]),
+                      f"{r['measured_s'] * 1e3:.1f}", f"{r['predicted_s'] * 1e3:.1f}",
+                      f"{compute * 1e3:.1f}", f"{(r['predicted_s'] - compute) * 1e3:.1f}",
+                      f"{r['error']:+.0%}", _spread(r["errors"])])
     return cells
 
 
 def format_validation(rows: list[dict]) -> str:
-    """The table for a terminal (:func:`validation_cells`), with how it was measured."""
+    """Both tables for a terminal (:func:`memory_cells`, :func:`time_cells`), with how
+    they were measured."""
     methods = sorted({r["method"] for r in rows})
-    return (tables.text(HEADER, validation_cells(rows)) + "\nstates: the tensors each rank "
-            "holds, counted by the rank, in rank order (a pipeline: predicted for its busiest "
-            "stage); step: " + "; ".join(methods))
+    return (tables.text(MEMORY_HEADER, memory_cells(rows)) + "\nstates: the tensors each "
+            "rank holds, counted by the rank, in rank order (a pipeline: predicted for its "
+            "busiest stage)\n\n" + tables.text(TIME_HEADER, time_cells(rows))
+            + "\nstep: " + "; ".join(methods))
