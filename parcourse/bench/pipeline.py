@@ -157,44 +157,52 @@ def _gap(measured: float, replayed: float) -> str:
     return f"{measured / replayed - 1:+.0%}" if replayed else "–"
 
 
-STEP_HEADER = ("schedule", "M", "V", "step ms (min–max)", "speedup", "bubble", "replay",
-               "vs it", "+ sends", "vs it", "ideal", "formula", "in flight")
-IDLE_HEADER = ("schedule", "M", "α+nβ µs", "isend µs", "bubble", *idle_time.PARTS[:-1],
-               "late", "between")
+STEP_HEADER = ("schedule", "M", "V", "step ms (min–max)", "speedup", "in flight",
+               "α+nβ µs", "isend µs")
+BUBBLE_HEADER = ("schedule", "M", "V", "bubble", "replay", "vs it", "+ sends", "vs it",
+                 "ideal", "formula")
+IDLE_HEADER = ("schedule", "M", "bubble", *idle_time.PARTS[:-1], "late", "between")
 
 
 def step_cells(measured: dict) -> list[list[str]]:
-    """The first table's rows: step time, speedup, the measured bubble beside the replays
-    (free messages; the recorded sends) and the ideal, the formula, the peak in flight;
-    then the torch references' step times. A schedule whose receives are not posted at
-    the step's start says how they were."""
-    rows = []
-    for r in measured["rows"]:
-        rows.append([_name(r), str(r["M"]), str(r["V"]), _ms(r["step_ms"]),
-                     f"{r['speedup']:.2f}", f"{r['bubble'][0]:.3f}", f"{r['replay'][0]:.3f}",
-                     _gap(r["bubble"][0], r["replay"][0]), f"{r['with_messages'][0]:.3f}",
-                     _gap(r["bubble"][0], r["with_messages"][0]), f"{r['ideal'][0]:.3f}",
-                     f"{r['theory']:.3f}", str(r["peak_in_flight"])])
+    """The first table's rows: step time, speedup over the naive split, the peak of
+    micro-batches (× chunks) in flight, and one message's cost — the fit's α + nβ beside
+    what an ``isend`` took; then the torch references' step times. A schedule whose
+    receives are not posted at the step's start says how they were."""
+    rows = [[_name(r), str(r["M"]), str(r["V"]), _ms(r["step_ms"]), f"{r['speedup']:.2f}",
+             str(r["peak_in_flight"]), f"{1e6 * r['link']['F']:.0f}",
+             f"{r['send_us'][0]:.0f}"] for r in measured["rows"]]
     for r in measured["references"]:
         rows.append([r["schedule"], str(r["M"]), str(r["V"]), _ms(r["step_ms"]),
                      *["–"] * (len(STEP_HEADER) - 4)])
     return rows
 
 
+def bubble_cells(measured: dict) -> list[list[str]]:
+    """The second table's rows: the measured bubble beside the replays (free messages;
+    the recorded sends), how far it is from each, the ideal replay and the formula."""
+    return [[_name(r), str(r["M"]), str(r["V"]), f"{r['bubble'][0]:.3f}",
+             f"{r['replay'][0]:.3f}", _gap(r["bubble"][0], r["replay"][0]),
+             f"{r['with_messages'][0]:.3f}", _gap(r["bubble"][0], r["with_messages"][0]),
+             f"{r['ideal'][0]:.3f}", f"{r['theory']:.3f}"] for r in measured["rows"]]
+
+
 def idle_cells(measured: dict) -> list[list[str]]:
-    """The second table's rows: one isend against the fit's α + nβ, and the idle time
-    split, as shares of P × step (the rest as late + between)."""
-    return [[_name(r), str(r["M"]), f"{1e6 * r['link']['F']:.0f}", f"{r['send_us'][0]:.0f}",
-             f"{r['bubble'][0]:.3f}",
+    """The third table's rows: the idle time split, as shares of P × step (the rest as
+    late + between)."""
+    return [[_name(r), str(r["M"]), f"{r['bubble'][0]:.3f}",
              *[f"{r[p][0]:.3f}" for p in (*idle_time.PARTS[:-1], "late", "between")]]
             for r in measured["rows"]]
 
 
 def format_rows(measured: dict) -> str:
-    """Both tables for a terminal: step time and bubbles; the idle time, split."""
+    """The three tables for a terminal: step time and message cost; bubbles beside their
+    replays; the idle time, split."""
     return "\n".join([tables.text(STEP_HEADER, step_cells(measured)), "",
-                      f"idle time, as shares of P × step (medians over the rounds; "
-                      f"bubble = ideal + imbalance + variation + messages + late + "
-                      f"between); messages as their sends took; the fit: α + nβ with "
+                      f"bubbles, as shares of P × step; the fit: α + nβ with "
                       f"{measured['alpha_beta']}",
+                      tables.text(BUBBLE_HEADER, bubble_cells(measured)), "",
+                      "idle time, as shares of P × step (medians over the rounds; "
+                      "bubble = ideal + imbalance + variation + messages + late + "
+                      "between); messages as their sends took",
                       tables.text(IDLE_HEADER, idle_cells(measured))])

@@ -99,6 +99,17 @@ def test_the_benchmark_summarizes_rounds_and_prints_both_tables():
     text = bench_pipeline.format_rows({"rows": rows, "references": [],
                                        "alpha_beta": AlphaBeta(1e-4, 1e-9)})
     assert "naive split" in text and "idle time, as shares of P × step" in text
+    for r in rows:
+        r.update(link={"F": 1e-4}, send_us=[50.0, 40.0, 60.0])
+    measured = {"rows": rows, "references": [{"schedule": "torch 1f1b", "M": 4, "V": 1,
+                                              "step_ms": (5.0, 4.0, 6.0)}]}
+    for header, cells in ((bench_pipeline.STEP_HEADER, bench_pipeline.step_cells),
+                          (bench_pipeline.BUBBLE_HEADER, bench_pipeline.bubble_cells),
+                          (bench_pipeline.IDLE_HEADER, bench_pipeline.idle_cells)):
+        assert {len(row) for row in cells(measured)} == {len(header)}
+    assert bench_pipeline.step_cells(measured)[-1] == ["torch 1f1b", "4", "1", "5.0 (4.0–6.0)",
+                                                       "–", "–", "–", "–"]
+    assert bench_pipeline.step_cells(measured)[1][-2:] == ["100", "50"]  # α + nβ, an isend
 
 
 def test_recorded_sends_are_replayed_as_they_took_and_leave_no_rest():
