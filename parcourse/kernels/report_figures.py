@@ -29,7 +29,7 @@ def sweep_figure(report: dict) -> Figure:
         left.plot([r["n"] for r in cells], [r["gbs"] for r in cells], "o-", ms=3, label=f"BLOCK {block}")
     if sheet is not None:
         left.axhline(sheet.bandwidth / 1e9, color="black", linestyle=":", label="datasheet bandwidth")
-    left.set(xscale="log", xlabel="elements n (float32)", ylabel="GB/s (3ns bytes / time)",
+    left.set(xscale="log", xlabel="elements n (float32)", ylabel="GB/s (3ne bytes / time)",
              title="vector add: bandwidth by size and BLOCK")
     left.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     for n in bench.SWEEP_MATMUL_SIZES:
