@@ -40,7 +40,11 @@ def significant(value: float, digits: int = 3) -> str:
 
 
 def _escape(cell: str) -> str:
-    return str(cell).replace("|", "\\|").replace("\n", " ")
+    """A cell as Markdown: pipes escaped, on one line, and a number kept on one line with
+    its unit ("256 KiB", "14 ms": a no-break space), so that a narrow column does not
+    split them."""
+    cell = str(cell).replace("|", "\\|").replace("\n", " ")
+    return cell.replace(" ", "\u00a0") if _numeric(cell) else cell
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -43,3 +43,10 @@ def test_exponents_are_numbers_and_an_empty_cell_does_not_decide_the_alignment()
                                           (0, "0"), (float("nan"), "–"), (None, "–")])
 def test_significant_keeps_three_digits_without_an_exponent(value, shown):
     assert tables.significant(value) == shown
+
+
+def test_a_number_and_its_unit_stay_together_on_the_page_only():
+    rows = [("ring", "256 KiB", "14 ms"), ("gloo", "2 MiB", "a slow run")]
+    assert tables.markdown(("algorithm", "size", "note"), rows).splitlines()[2:] == [
+        "| ring | 256\u00a0KiB | 14\u00a0ms |", "| gloo | 2\u00a0MiB | a slow run |"]
+    assert "256 KiB" in tables.text(("algorithm", "size", "note"), rows)
