@@ -39,9 +39,13 @@
     window.requestAnimationFrame(() => { pending = false; fitted = column().clientWidth; fit(); });
   }
 
-  function start() {
+  function refitNow() {  // at once, whatever the width (the page has just loaded)
     fitted = column().clientWidth;
     fit();
+  }
+
+  function start() {
+    refitNow();
     // the column changes width with the window, and when the theme shows or hides a
     // sidebar; the cards change only its height, which is not watched
     new ResizeObserver(refit).observe(column());
@@ -49,5 +53,5 @@
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
-  window.addEventListener("load", fit);
+  window.addEventListener("load", refitNow);  // images and fonts may have moved it
 })();

@@ -215,7 +215,7 @@ MEMORY_HEADER = ("strategy", "model", "K", "states KiB, each rank", "predicted",
                  "predicted")
 TIME_HEADER = ("strategy", "model", "K", "step ms", "predicted", "compute + bubble",
                "communication", "error", "rounds")
-COMPUTE = ("compute", "bubble")                  # the terms of .time.step_time that compute
+COMPUTE = ("compute", "bubble")   # .time.step_time's terms in the "compute + bubble" column
 
 
 def memory_cells(rows: list[dict]) -> list[list[str]]:
