@@ -17,10 +17,12 @@ For configurations that run here (CPU processes over gloo), two checks:
   own clock), beside :func:`.time.step_time` with this machine's measured α and β and
   collectives (:mod:`.hardware`, :mod:`.measured`) and its achievable FLOP/s *for this model
   at the size each rank computes, with K processes at once*: K workers, with the threads
-  the strategies' workers get, each train the whole model on one micro-batch (b/M
-  samples) at the same time, and FLOPs ÷ the median step is the rate (a CPU reaches its
-  matmul peak only on large products, these layers are small, and K processes share the
-  cores with each other and with whatever else runs). Nothing else is fitted.
+  the strategies' workers get, each train what one rank computes — the whole model, or a
+  tensor rank's shard of the GPT (:func:`rank_part`) — on one micro-batch (b/M samples)
+  at the same time, and the part's FLOPs ÷ the median step is the rate (a CPU reaches its
+  matmul peak only on large products, these layers are small, a shard's are smaller
+  still, and K processes share the cores with each other and with whatever else runs).
+  Nothing else is fitted.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ import time
 from dataclasses import replace
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 from .. import launch, tables
 from ..bench import memory as bench_memory
+from ..model_parallel import tensor_gpt
 from ..models import build_model
 from ..training.loop import make_optimizer
 from ..training import TrainConfig, train
@@ -65,11 +70,30 @@ def _sample(model: str, samples: int):
     return torch.rand(samples, 1, 28, 28), torch.randint(10, (samples,))
 
 
-def rate_worker(rank: int, world_size: int, model: str, samples: int,
-                repeats: int = 7) -> float:
-    """FLOP/s of this worker training ``model`` (default sizes) on ``samples`` samples:
-    training FLOPs ÷ the median step (forward, backward, Adam), no communication."""
+def rank_flops_per_sample(model: str, tensor: int = 1) -> float:
+    """Training FLOPs per sample of one tensor rank: the split share ÷ T, the whole head."""
+    shape = book_shape(model)
+    split = shape.flops_per_sample - shape.replicated_flops_per_sample
+    return split / tensor + shape.replicated_flops_per_sample
+
+
+def rank_part(model: str, rank: int, world_size: int, tensor: int = 1) -> nn.Module:
+    """What one rank computes, without its peers: the whole model, or with ``tensor`` > 1
+    its tensor shard (:func:`parcourse.model_parallel.tensor_gpt.parallelize`) over a
+    group of this process alone, whose all-reduces return at once."""
     net = build_model(model, seed=0)
+    if tensor == 1:
+        return net
+    alone = [dist.new_group([r]) for r in range(world_size)]   # every rank makes every group
+    return tensor_gpt.parallelize(net, rank % tensor, tensor, group=alone[rank])
+
+
+def rate_worker(rank: int, world_size: int, model: str, samples: int, tensor: int = 1,
+                repeats: int = 7) -> float:
+    """FLOP/s of this worker training its part of ``model`` (:func:`rank_part`, default
+    sizes) on ``samples`` samples: the part's training FLOPs ÷ the median step (forward,
+    backward, Adam), no communication."""
+    net = rank_part(model, rank, world_size, tensor)
     optimizer = make_optimizer("adam", net.parameters(), 1e-3)
     x, y = _sample(model, samples)
     times = []
@@ -81,12 +105,12 @@ def rate_worker(rank: int, world_size: int, model: str, samples: int,
         optimizer.step()
         if repeat:
             times.append(time.perf_counter() - start)
-    return book_shape(model).flops_per_sample * samples / statistics.median(times)
+    return rank_flops_per_sample(model, tensor) * samples / statistics.median(times)
 
 
-def achievable_flops(model: str, samples: int, workers: int) -> float:
+def achievable_flops(model: str, samples: int, workers: int, tensor: int = 1) -> float:
     """The median over ``workers`` processes computing at once of :func:`rate_worker`."""
-    return statistics.median(launch.run(rate_worker, workers, args=(model, samples),
+    return statistics.median(launch.run(rate_worker, workers, args=(model, samples, tensor),
                                         backend="gloo", verbose=False))
 
 
@@ -117,7 +141,7 @@ def _time_round(case: dict, batch: int, steps: int, hw: Hardware) -> None:
     prediction with that rate (the two measured moments apart, under the same load)."""
     config, model = case["grid"], case["model"]
     rate = achievable_flops(model, batch // (config.data * config.microbatches),
-                            case["workers"])
+                            case["workers"], config.tensor)
     measured, method, result = step_seconds(case["strategy"], model, case["workers"], batch,
                                             steps, case["options"])
     predicted = step_time(book_shape(model), config, for_workers(hw, rate), batch)
@@ -166,7 +190,7 @@ def step_seconds(strategy: str, model: str, workers: int, batch: int, steps: int
 
 
 def validate(workers: int = 2, model: str = "complex", batch: int = 32, trained=TRAINED,
-             steps: int = 8, hw: Hardware | None = None, rounds: int = 3,
+             steps: int = 16, hw: Hardware | None = None, rounds: int = 3,
              variants=tuple(ZERO)) -> list[dict]:
     """Rows of predicted vs measured: state bytes (every rank) and peak for ``variants``
     (DDP and ZeRO-1/2/3 on ``model``), step time for those and for ``trained`` (strategy,

@@ -91,3 +91,28 @@ def test_nothing_fits_exits_2_saying_by_how_much():
     assert done.stderr.startswith(PLAN + "no configuration fits in 16.0 GiB per device: the "
                                          "smallest, R1·T1·P1 zero0 bf16 rc M1, needs ")
     assert done.stderr.count("\n") == 1
+
+
+def _part_worker(rank, world_size):
+    from parcourse.planner.validate import rank_part
+
+    return sum(p.numel() * p.element_size() for p in rank_part("gpt", rank, world_size, 2)
+               .parameters())
+
+
+def test_the_rate_is_measured_on_what_a_tensor_rank_holds():
+    """The FLOP/s of a tensor-parallel case come from the rank's own shard: its
+    parameters are the planner's per-rank split, to the byte, on every rank, and its
+    FLOPs the split share ÷ T plus the whole head."""
+    from parcourse import launch
+    from parcourse.planner.memory import Config, state_bytes
+    from parcourse.planner.models import book_shape
+    from parcourse.planner.validate import rank_flops_per_sample
+
+    held = launch.run(_part_worker, 2, backend="gloo", verbose=False)
+    shape = book_shape("gpt")
+    assert held == [state_bytes(shape, Config(1, tensor=2))["parameters"]] * 2
+    head = shape.replicated_flops_per_sample
+    assert 0 < head < shape.flops_per_sample
+    assert rank_flops_per_sample("gpt", 2) == (shape.flops_per_sample - head) / 2 + head
+    assert rank_flops_per_sample("gpt") == shape.flops_per_sample
