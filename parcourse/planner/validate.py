@@ -15,36 +15,25 @@ For configurations that run here (CPU processes over gloo), two checks:
 * **step time** — the median of a ``train`` run's steps, the first two left out (for
   pipelines the step-to-step times of the recorded timeline, for the others the loop's
   own clock), beside :func:`.time.step_time` with this machine's measured α and β and
-  collectives (:mod:`.hardware`, :mod:`.measured`) and its achievable FLOP/s *for this model
-  at the size each rank computes, with K processes at once*: K workers, with the threads
-  the strategies' workers get, each train what one rank computes — the whole model, or a
-  tensor rank's shard of the GPT (:func:`rank_part`) — on one micro-batch (b/M samples)
-  at the same time, and the part's FLOPs ÷ the median step is the rate (a CPU reaches its
-  matmul peak only on large products, these layers are small, a shard's are smaller
-  still, and K processes share the cores with each other and with whatever else runs).
-  Nothing else is fitted.
+  collectives (:mod:`.hardware`, :mod:`.measured`) and its achievable FLOP/s *for this
+  case*, measured right before the run: K processes at once, each training what one rank
+  computes on one micro-batch, every step followed by the bytes the case moves in a step
+  (:mod:`.rate`). Nothing else is fitted.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import replace
 
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
 
-from .. import launch, tables
+from .. import tables
 from ..bench import memory as bench_memory
-from ..model_parallel import tensor_gpt
-from ..models import build_model
-from ..training.loop import make_optimizer
 from ..training import TrainConfig, train
 from .hardware import Hardware, this_machine
 from .memory import Config, fsdp_state_bytes, state_bytes
 from .models import book_shape
+from .rate import achievable_flops
 from .time import step_time
 
 KINDS = ("parameters", "gradients", "optimizer state")
@@ -61,57 +50,6 @@ TRAINED = (
     ("dp-pp-tp", "gpt", 4, Config(1, tensor=2, pipeline=2, microbatches=2),
      {"stages": 2, "tensor": 2, "microbatches": 2}),
 )
-
-
-def _sample(model: str, samples: int):
-    if model == "gpt":
-        tokens = torch.randint(256, (samples, 33))
-        return tokens[:, :-1], tokens[:, 1:]
-    return torch.rand(samples, 1, 28, 28), torch.randint(10, (samples,))
-
-
-def rank_flops_per_sample(model: str, tensor: int = 1) -> float:
-    """Training FLOPs per sample of one tensor rank: the split share ÷ T, the whole head."""
-    shape = book_shape(model)
-    split = shape.flops_per_sample - shape.replicated_flops_per_sample
-    return split / tensor + shape.replicated_flops_per_sample
-
-
-def rank_part(model: str, rank: int, world_size: int, tensor: int = 1) -> nn.Module:
-    """What one rank computes, without its peers: the whole model, or with ``tensor`` > 1
-    its tensor shard (:func:`parcourse.model_parallel.tensor_gpt.parallelize`) over a
-    group of this process alone, whose all-reduces return at once."""
-    net = build_model(model, seed=0)
-    if tensor == 1:
-        return net
-    alone = [dist.new_group([r]) for r in range(world_size)]   # every rank makes every group
-    return tensor_gpt.parallelize(net, rank % tensor, tensor, group=alone[rank])
-
-
-def rate_worker(rank: int, world_size: int, model: str, samples: int, tensor: int = 1,
-                repeats: int = 7) -> float:
-    """FLOP/s of this worker training its part of ``model`` (:func:`rank_part`, default
-    sizes) on ``samples`` samples: the part's training FLOPs ÷ the median step (forward,
-    backward, Adam), no communication."""
-    net = rank_part(model, rank, world_size, tensor)
-    optimizer = make_optimizer("adam", net.parameters(), 1e-3)
-    x, y = _sample(model, samples)
-    times = []
-    for repeat in range(repeats + 1):
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        out = net(x)
-        F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
-        optimizer.step()
-        if repeat:
-            times.append(time.perf_counter() - start)
-    return rank_flops_per_sample(model, tensor) * samples / statistics.median(times)
-
-
-def achievable_flops(model: str, samples: int, workers: int, tensor: int = 1) -> float:
-    """The median over ``workers`` processes computing at once of :func:`rate_worker`."""
-    return statistics.median(launch.run(rate_worker, workers, args=(model, samples, tensor),
-                                        backend="gloo", verbose=False))
 
 
 def for_workers(hw: Hardware, flops: float) -> Hardware:
@@ -136,12 +74,13 @@ def _case(strategy, model, workers, config, options, held=None, formula=None, pe
             "exact": None, "rounds": []}
 
 
-def _time_round(case: dict, batch: int, steps: int, hw: Hardware) -> None:
+def _time_round(case: dict, batch: int, steps: int, hw: Hardware,
+                traffic: bool) -> None:
     """One round of a case: the FLOP/s that its workers reach now, then its run, then the
     prediction with that rate (the two measured moments apart, under the same load)."""
     config, model = case["grid"], case["model"]
-    rate = achievable_flops(model, batch // (config.data * config.microbatches),
-                            case["workers"], config.tensor)
+    rate = achievable_flops(model, batch // (config.data * config.microbatches), config,
+                            traffic)
     measured, method, result = step_seconds(case["strategy"], model, case["workers"], batch,
                                             steps, case["options"])
     predicted = step_time(book_shape(model), config, for_workers(hw, rate), batch)
@@ -191,14 +130,15 @@ def step_seconds(strategy: str, model: str, workers: int, batch: int, steps: int
 
 def validate(workers: int = 2, model: str = "complex", batch: int = 32, trained=TRAINED,
              steps: int = 16, hw: Hardware | None = None, rounds: int = 3,
-             variants=tuple(ZERO)) -> list[dict]:
+             variants=tuple(ZERO), traffic: bool = True) -> list[dict]:
     """Rows of predicted vs measured: state bytes (every rank) and peak for ``variants``
     (DDP and ZeRO-1/2/3 on ``model``), step time for those and for ``trained`` (strategy,
     model, workers, grid, options).
 
     Step times: ``rounds`` rounds, each running every case once (rate, then run), so that
     a change of the machine's load falls on all of them; a row's error is the median of
-    its rounds' errors."""
+    its rounds' errors. ``traffic``: the rate is measured with the case's bytes moved
+    between its steps (:func:`.rate.rate_worker`)."""
     hw = hw or this_machine()
     shape = book_shape(model)
     per_rank = (bench_memory.measure(workers, model, "adam", "float32", batch,
@@ -214,7 +154,7 @@ def validate(workers: int = 2, model: str = "complex", batch: int = 32, trained=
               for strategy, name, k, config, options in trained]
     for _ in range(rounds):
         for case in cases:
-            _time_round(case, batch, steps, hw)
+            _time_round(case, batch, steps, hw, traffic)
     for case in cases:
         result, config = case["result"], case["grid"]
         if result.held:                        # the run's ranks counted their own tensors

@@ -94,7 +94,7 @@ def test_nothing_fits_exits_2_saying_by_how_much():
 
 
 def _part_worker(rank, world_size):
-    from parcourse.planner.validate import rank_part
+    from parcourse.planner.rate import rank_part
 
     return sum(p.numel() * p.element_size() for p in rank_part("gpt", rank, world_size, 2)
                .parameters())
@@ -107,7 +107,7 @@ def test_the_rate_is_measured_on_what_a_tensor_rank_holds():
     from parcourse import launch
     from parcourse.planner.memory import Config, state_bytes
     from parcourse.planner.models import book_shape
-    from parcourse.planner.validate import rank_flops_per_sample
+    from parcourse.planner.rate import rank_flops_per_sample
 
     held = launch.run(_part_worker, 2, backend="gloo", verbose=False)
     shape = book_shape("gpt")

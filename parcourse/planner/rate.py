@@ -1,0 +1,129 @@
+"""The FLOP/s a rank reaches on this machine, measured (chapter 4, "Checked against
+measurement").
+
+A CPU reaches its matmul peak only on large products, the book's layers are small, and K
+processes share the cores with each other and with whatever else runs; so the planner's
+compute term on this machine uses a rate measured *for the case*: K workers, each with the
+threads the strategies' workers get, train at the same time what one rank computes — the
+whole model, or a tensor rank's shard of the GPT (:func:`rank_part`) — on one micro-batch,
+and the part's FLOPs ÷ the median step is the rate.
+
+With ``traffic`` each timed step is followed, untimed, by the bytes the case moves in a
+step: the rank's gradients all-reduced over its data group and, for tensor parallelism,
+the layers' all-reduces of activations over its tensor group (:func:`step_traffic`), then
+the loop's all-reduce of the loss over all. On a GPU the copies run on their own engines;
+here the same cores and caches serve both, and a step's compute that follows a collective
+runs slower than one that does not. The traffic's own time is priced by the collectives'
+table (:mod:`.measured`), not here.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .. import launch
+from ..model_parallel import tensor_gpt
+from ..models import build_model
+from ..training.loop import make_optimizer
+from .memory import Config, element
+from .models import book_shape
+
+
+def rank_flops_per_sample(model: str, tensor: int = 1) -> float:
+    """Training FLOPs per sample of one tensor rank: the split share ÷ T, the whole head."""
+    shape = book_shape(model)
+    split = shape.flops_per_sample - shape.replicated_flops_per_sample
+    return split / tensor + shape.replicated_flops_per_sample
+
+
+def grid_groups(config: Config) -> tuple[list[list[int]], list[list[int]]]:
+    """(data groups, tensor groups) of the grid's ranks: tensor fastest, then data, then
+    pipeline (:mod:`.time`'s order)."""
+    t, r, p = config.tensor, config.data, config.pipeline
+    data = [[s * t * r + d * t + k for d in range(r)] for s in range(p) for k in range(t)]
+    tensor = [[s * t * r + d * t + k for k in range(t)] for s in range(p) for d in range(r)]
+    return data, tensor
+
+
+def step_traffic(model: str, config: Config, samples: int) -> tuple[float, list[float]]:
+    """(bytes of the rank's gradients, bytes of each tensor all-reduce of a step) for one
+    rank of ``config`` computing ``samples`` samples per micro-batch: N/(T·P) gradients if
+    R > 1, and 4 all-reduces of samples·s·d values per layer of the stage and micro-batch
+    if T > 1 (:func:`.time.tensor_seconds`' count)."""
+    shape, e = book_shape(model), element(config.precision)
+    grads = shape.parameters / (config.tensor * config.pipeline) * e if config.data > 1 else 0
+    calls = []
+    if config.tensor > 1 and shape.transformer:
+        per_call = samples * shape.sequence * shape.width * e
+        calls = [per_call] * int(4 * shape.layers / config.pipeline * config.microbatches)
+    return grads, calls
+
+
+def rank_part(model: str, rank: int, world_size: int, tensor: int = 1) -> nn.Module:
+    """What one rank computes, without its peers: the whole model, or with ``tensor`` > 1
+    its tensor shard (:func:`parcourse.model_parallel.tensor_gpt.parallelize`) over a
+    group of this process alone, whose all-reduces return at once."""
+    net = build_model(model, seed=0)
+    if tensor == 1:
+        return net
+    alone = [dist.new_group([r]) for r in range(world_size)]   # every rank makes every group
+    return tensor_gpt.parallelize(net, rank % tensor, tensor, group=alone[rank])
+
+
+def _sample(model: str, samples: int):
+    if model == "gpt":
+        tokens = torch.randint(256, (samples, 33))
+        return tokens[:, :-1], tokens[:, 1:]
+    return torch.rand(samples, 1, 28, 28), torch.randint(10, (samples,))
+
+
+def _mine(groups: list[list[int]], rank: int):
+    """This rank's group of ``groups``, every group made by every rank (None if alone)."""
+    made = [dist.new_group(g) if len(g) > 1 else None for g in groups]
+    return next(m for g, m in zip(groups, made) if rank in g)
+
+
+def rate_worker(rank: int, world_size: int, model: str, samples: int, config: Config,
+                traffic: bool = False, repeats: int = 7) -> float:
+    """FLOP/s of this worker training its part of ``model`` (:func:`rank_part`, default
+    sizes) on ``samples`` samples: the part's training FLOPs ÷ the median step (forward,
+    backward, Adam); with ``traffic`` each step followed, untimed, by the case's bytes."""
+    net = rank_part(model, rank, world_size, config.tensor)
+    optimizer = make_optimizer("adam", net.parameters(), 1e-3)
+    x, y = _sample(model, samples)
+    grads, calls = step_traffic(model, config, samples) if traffic else (0, [])
+    data_groups, tensor_groups = grid_groups(config)
+    data_group, tensor_group = _mine(data_groups, rank), _mine(tensor_groups, rank)
+    flat = torch.zeros(int(grads) // 4)
+    activations = torch.zeros(int(calls[0]) // 4) if calls else None
+    loss = torch.zeros(1, dtype=torch.float64)
+    times = []
+    for repeat in range(repeats + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        out = net(x)
+        F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
+        optimizer.step()
+        if repeat:
+            times.append(time.perf_counter() - start)
+        if traffic:
+            for _ in calls:
+                dist.all_reduce(activations, group=tensor_group)
+            if flat.numel():
+                dist.all_reduce(flat, group=data_group)
+            dist.all_reduce(loss)
+    return rank_flops_per_sample(model, config.tensor) * samples / statistics.median(times)
+
+
+def achievable_flops(model: str, samples: int, config: Config, traffic: bool = False) -> float:
+    """The median over the case's ``config.devices`` processes, computing at once, of
+    :func:`rate_worker`."""
+    return statistics.median(launch.run(rate_worker, config.devices,
+                                        args=(model, samples, config, traffic),
+                                        backend="gloo", verbose=False))
