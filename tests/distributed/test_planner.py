@@ -3,6 +3,11 @@
 import pytest
 
 from conftest import parcourse
+from workers import planner_workers as w
+from parcourse import launch
+from parcourse.planner.memory import Config, state_bytes
+from parcourse.planner.models import book_shape
+from parcourse.planner.rate import rank_flops_per_sample
 from parcourse.planner.validate import KINDS, TRAINED, format_validation, validate
 
 PLAN = "python -m parcourse plan: error: "
@@ -93,23 +98,11 @@ def test_nothing_fits_exits_2_saying_by_how_much():
     assert done.stderr.count("\n") == 1
 
 
-def _part_worker(rank, world_size):
-    from parcourse.planner.rate import rank_part
-
-    return sum(p.numel() * p.element_size() for p in rank_part("gpt", rank, world_size, 2)
-               .parameters())
-
-
 def test_the_rate_is_measured_on_what_a_tensor_rank_holds():
     """The FLOP/s of a tensor-parallel case come from the rank's own shard: its
     parameters are the planner's per-rank split, to the byte, on every rank, and its
     FLOPs the split share ÷ T plus the whole head."""
-    from parcourse import launch
-    from parcourse.planner.memory import Config, state_bytes
-    from parcourse.planner.models import book_shape
-    from parcourse.planner.rate import rank_flops_per_sample
-
-    held = launch.run(_part_worker, 2, backend="gloo", verbose=False)
+    held = launch.run(w.tensor_part_bytes, 2, backend="gloo", verbose=False)
     shape = book_shape("gpt")
     assert held == [state_bytes(shape, Config(1, tensor=2))["parameters"]] * 2
     head = shape.replicated_flops_per_sample
