@@ -45,6 +45,12 @@ class ModelShape:
     def transformer(self) -> bool:
         return self.heads > 0
 
+    def rank_flops_per_sample(self, tensor: int = 1) -> float:
+        """Training FLOPs per sample of one of ``tensor`` ranks: the split share ÷ T, plus
+        what every rank computes whole."""
+        split = self.flops_per_sample - self.replicated_flops_per_sample
+        return split / tensor + self.replicated_flops_per_sample
+
 
 def gpt_shape(layers: int, width: int, heads: int, sequence: int, vocab: int = 256,
               parameters: int | None = None, name: str | None = None) -> ModelShape:

@@ -37,9 +37,7 @@ from .models import book_shape
 
 def rank_flops_per_sample(model: str, tensor: int = 1) -> float:
     """Training FLOPs per sample of one tensor rank: the split share ÷ T, the whole head."""
-    shape = book_shape(model)
-    split = shape.flops_per_sample - shape.replicated_flops_per_sample
-    return split / tensor + shape.replicated_flops_per_sample
+    return book_shape(model).rank_flops_per_sample(tensor)
 
 
 def grid_groups(config: Config) -> tuple[list[list[int]], list[list[int]]]:

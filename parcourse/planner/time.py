@@ -139,8 +139,7 @@ def pipeline_seconds(model: ModelShape, config: Config, hw: Hardware, batch: int
 
 def step_time(model: ModelShape, config: Config, hw: Hardware, batch: int) -> dict:
     """Seconds of one step by term, and their sum ("step")."""
-    split = model.flops_per_sample - model.replicated_flops_per_sample
-    flops = (split / config.tensor + model.replicated_flops_per_sample) * batch / config.data \
+    flops = model.rank_flops_per_sample(config.tensor) * batch / config.data \
         / config.pipeline
     compute = flops / hw.flops(config.precision) * (4 / 3 if config.recompute else 1)
     bubble = compute / (1 - bubble_theory(config.pipeline, config.microbatches)) - compute
