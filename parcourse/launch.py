@@ -13,7 +13,9 @@ rank order::
 
 Where the workers run:
 
-* spawned here (the usual case): K fresh processes. On CPU they talk through gloo and
+* started here (the usual case): K fresh processes, forked from a server that has
+  imported torch once (:mod:`parcourse.launch_start`), so a launch starts in
+  milliseconds rather than a second per worker. On CPU they talk through gloo and
   each uses ``max(1, cores // K)`` torch threads, so K workers never oversubscribe the
   machine; with ``backend="nccl"`` worker k drives GPU k. ``backend="auto"`` takes NCCL
   when there is one GPU per worker and gloo on CPU otherwise, and says which it chose;
@@ -41,13 +43,11 @@ gloo or NCCL sockets listen on the loopback interface (:mod:`parcourse.loopback`
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing.util
 import os
 import pickle
 import signal
 import sys
-import threading
 import time
 import traceback
 from datetime import timedelta
@@ -57,7 +57,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from . import loopback
+from . import launch_start, loopback
 from .launch_reports import (PEER_GONE, REPORTED, WorkerError, WorkerTimeout,  # noqa: F401
                              available_cores, collect, count, describe_timeout,
                              memory_warning)
@@ -155,27 +155,33 @@ def pack(fn: Callable, args: tuple) -> bytes:
 
 def _spawn(payload: bytes, world_size: int, backend: str, timeout: float) -> list:
     store = loopback.store(timeout + LATER_SECONDS)
-    context = get_context("spawn")
+    context = launch_start.context()
     threads = threads_per_worker(world_size)
+    state = launch_start.snapshot()
+    alive, alive_writer = context.Pipe(duplex=False)  # only this process writes: see watch()
     processes, receivers, finished = [], [], False
+    begun = time.monotonic()  # the timeout counts the workers' start (a first one starts the server)
     try:
         for rank in range(world_size):
             receiver, sender = context.Pipe(duplex=False)
             process = context.Process(
                 target=_worker_main, name=f"parcourse-worker-{rank}",
                 args=(payload, rank, world_size, backend, store.port, timeout, threads,
-                      sender, os.getpid()))
+                      sender, alive, state))
             process.start()
             sender.close()
             processes.append(process)
             receivers.append(receiver)
-        results = collect(processes, receivers, timeout)
+        alive.close()
+        results = collect(processes, receivers, timeout, begun)
         finished = True
         return results
     finally:
         _stop(processes, finished)
         for receiver in receivers:
             receiver.close()
+        alive.close()
+        alive_writer.close()  # after _stop: finished workers may still be cleaning up
         del store
 
 
@@ -201,29 +207,11 @@ def _stop(processes: list, finished: bool, grace: float = 5.0) -> None:
             process.join()
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Make sure a worker never outlives the notebook or script that launched it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us with the parent
-    except (OSError, AttributeError):
-        pass
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(1.0)
-
-    if os.getppid() != parent_pid:
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _worker_main(payload, rank, world_size, backend, port, timeout, threads, sender,
-                 parent_pid) -> None:
+def _worker_main(payload, rank, world_size, backend, port, timeout, threads, sender, alive,
+                 state) -> None:
     global _device
-    _die_with_parent(parent_pid)
+    launch_start.watch(alive)
+    launch_start.adopt(state)
     torch.set_num_threads(threads)
     try:
         sender.send_bytes(pickle.dumps(("started", None)))

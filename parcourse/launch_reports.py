@@ -86,8 +86,10 @@ def memory_warning(world_size: int, available: int | None = None) -> str | None:
             f"of memory; use at most {max(1, available // WORKER_BYTES)} workers")
 
 
-def collect(processes: list, receivers: list, timeout: float) -> list:
-    """Every worker's result in rank order, or the first failure as an exception.
+def collect(processes: list, receivers: list, timeout: float, begun: float | None = None) -> list:
+    """Every worker's result in rank order, or the first failure as an exception, within
+    ``timeout`` seconds from ``begun`` (``time.monotonic()`` before the first worker
+    was started; by default, now).
 
     Each worker reports ``started`` (its Python is up and has imported torch), ``joined``
     (its process group is initialised), then its result or its error. A timeout names
@@ -98,7 +100,7 @@ def collect(processes: list, receivers: list, timeout: float) -> list:
     world_size = len(processes)
     results: dict[int, Any] = {}
     progress: dict[int, str] = {}   # rank → "started" or "joined"
-    deadline = time.monotonic() + timeout
+    deadline = (time.monotonic() if begun is None else begun) + timeout
     while len(results) < world_size:
         remaining = deadline - time.monotonic()
         failures = _poll(processes, receivers, results, progress, max(0.0, remaining))

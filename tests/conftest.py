@@ -32,6 +32,26 @@ def pytest_collection_modifyitems(items):
         for i, item in zip(site, block):
             items[i] = item
 
+def launched_workers(pid: int) -> list:
+    """The live workers that ``parcourse.launch`` started under process ``pid``: those
+    forked from its fork server (parcourse.launch_start), or spawned ones. The server
+    itself is no worker: it lives as long as its launcher."""
+    import psutil
+
+    found = []
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            line = " ".join(process.cmdline())
+            parent = " ".join(process.parent().cmdline())
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except (psutil.Error, AttributeError):  # gone meanwhile
+            continue
+        if "multiprocessing.spawn" in line or "multiprocessing.forkserver" in parent:
+            found.append(process)
+    return found
+
+
 HTML = ROOT / "_build" / "html"
 # The runs that prove a strategy equal to --strategy single: float64, so that the
 # tolerance has a reason (parcourse.compare.FLOAT64_TOLERANCE) and holds on any machine.

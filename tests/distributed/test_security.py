@@ -245,7 +245,8 @@ def _is_loopback(ip: str) -> bool:
 
 
 def _launch_listens_on_loopback_only(world_size, backend):
-    results = launch.run(w.listening_sockets, world_size, backend=backend, verbose=False)
+    results = launch.run(w.listening_sockets, world_size, args=(os.getpid(),), backend=backend,
+                         verbose=False)
     parent, sockets = os.getpid(), {entry for _, found, _ in results for entry in found}
     workers = {pid for pid, _, _ in results}
     assert {pid for pid, _, _ in sockets} == workers | {parent}  # each listens somewhere

@@ -10,13 +10,13 @@ import torch.distributed as dist
 from parcourse import launch, loopback
 
 
-def listening_sockets(rank, world_size):
+def listening_sockets(rank, world_size, launcher_pid):
     """The sockets this worker and the launching process listen on, mid-run, and the
     interface variables this worker sees."""
     x = torch.ones(1, device=launch.device())
     dist.all_reduce(x)  # the backend's connections are up (NCCL opens them lazily)
     found = []
-    for pid in (os.getpid(), os.getppid()):
+    for pid in (os.getpid(), launcher_pid):
         for c in psutil.Process(pid).net_connections("inet"):
             if c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM:
                 found.append((pid, c.laddr.ip, c.laddr.port))
