@@ -5,8 +5,9 @@ A CPU reaches its matmul peak only on large products, the book's layers are smal
 processes share the cores with each other and with whatever else runs; so the planner's
 compute term on this machine uses a rate measured *for the case*: K workers, each with the
 threads the strategies' workers get, train at the same time what one rank computes — the
-whole model, or a tensor rank's shard of the GPT (:func:`rank_part`) — on one micro-batch,
-and the part's FLOPs ÷ the median step is the rate.
+whole model, a tensor rank's shard of the GPT, or for DDP the model inside
+DistributedDataParallel (:func:`rank_part`) — on one micro-batch, and the part's FLOPs ÷
+the median step is the rate.
 
 With ``traffic`` each timed step is followed, untimed, by the bytes the case moves in a
 step: the rank's gradients all-reduced over its data group and, for tensor parallelism,
@@ -63,15 +64,20 @@ def step_traffic(model: str, config: Config, samples: int) -> tuple[float, list[
     return grads, calls
 
 
-def rank_part(model: str, rank: int, world_size: int, tensor: int = 1) -> nn.Module:
-    """What one rank computes, without its peers: the whole model, or with ``tensor`` > 1
-    its tensor shard (:func:`parcourse.model_parallel.tensor_gpt.parallelize`) over a
-    group of this process alone, whose all-reduces return at once."""
+def rank_part(model: str, rank: int, world_size: int, tensor: int = 1,
+              strategy: str | None = None) -> nn.Module:
+    """What one rank computes, without its peers: the whole model, with ``tensor`` > 1 its
+    tensor shard (:func:`parcourse.model_parallel.tensor_gpt.parallelize`), and for
+    ``strategy`` ``"ddp"`` the model inside PyTorch's DistributedDataParallel, whose hooks
+    copy each gradient into its buckets. Both over a group of this process alone, whose
+    all-reduces return at once: the peers' messages are the collectives' table's to price."""
     net = build_model(model, seed=0)
-    if tensor == 1:
+    if tensor == 1 and strategy != "ddp":
         return net
     alone = [dist.new_group([r]) for r in range(world_size)]   # every rank makes every group
-    return tensor_gpt.parallelize(net, rank % tensor, tensor, group=alone[rank])
+    if tensor > 1:
+        return tensor_gpt.parallelize(net, rank % tensor, tensor, group=alone[rank])
+    return nn.parallel.DistributedDataParallel(net, process_group=alone[rank])
 
 
 def _sample(model: str, samples: int):
@@ -88,11 +94,11 @@ def _mine(groups: list[list[int]], rank: int):
 
 
 def rate_worker(rank: int, world_size: int, model: str, samples: int, config: Config,
-                traffic: bool = False, repeats: int = 7) -> float:
+                traffic: bool = False, repeats: int = 7, strategy: str | None = None) -> float:
     """FLOP/s of this worker training its part of ``model`` (:func:`rank_part`, default
     sizes) on ``samples`` samples: the part's training FLOPs ÷ the median step (forward,
     backward, Adam); with ``traffic`` each step followed, untimed, by the case's bytes."""
-    net = rank_part(model, rank, world_size, config.tensor)
+    net = rank_part(model, rank, world_size, config.tensor, strategy)
     optimizer = make_optimizer("adam", net.parameters(), 1e-3)
     x, y = _sample(model, samples)
     grads, calls = step_traffic(model, config, samples) if traffic else (0, [])
@@ -119,9 +125,10 @@ def rate_worker(rank: int, world_size: int, model: str, samples: int, config: Co
     return rank_flops_per_sample(model, config.tensor) * samples / statistics.median(times)
 
 
-def achievable_flops(model: str, samples: int, config: Config, traffic: bool = False) -> float:
+def achievable_flops(model: str, samples: int, config: Config, traffic: bool = False,
+                     strategy: str | None = None) -> float:
     """The median over the case's ``config.devices`` processes, computing at once, of
-    :func:`rate_worker`."""
+    :func:`rate_worker` (``strategy``: see :func:`rank_part`)."""
     return statistics.median(launch.run(rate_worker, config.devices,
-                                        args=(model, samples, config, traffic),
+                                        args=(model, samples, config, traffic, 7, strategy),
                                         backend="gloo", verbose=False))

@@ -80,7 +80,7 @@ def _time_round(case: dict, batch: int, steps: int, hw: Hardware,
     prediction with that rate (the two measured moments apart, under the same load)."""
     config, model = case["grid"], case["model"]
     rate = achievable_flops(model, batch // (config.data * config.microbatches), config,
-                            traffic)
+                            traffic, case["strategy"])
     measured, method, result = step_seconds(case["strategy"], model, case["workers"], batch,
                                             steps, case["options"])
     predicted = step_time(book_shape(model), config, for_workers(hw, rate), batch)

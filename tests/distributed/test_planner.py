@@ -98,6 +98,14 @@ def test_nothing_fits_exits_2_saying_by_how_much():
     assert done.stderr.count("\n") == 1
 
 
+def test_the_rate_of_ddp_is_measured_inside_ddp_over_a_group_of_one():
+    """DDP's own work on a rank (its hooks copy each gradient into buckets) is part of what
+    the rate measures; its messages are not: the group holds the rank alone, so the
+    gradients it computes are the plain model's, bit for bit."""
+    assert launch.run(w.ddp_part, 2, backend="gloo", verbose=False) == \
+        [("DistributedDataParallel", 1, True)] * 2
+
+
 def test_the_rate_is_measured_on_what_a_tensor_rank_holds():
     """The FLOP/s of a tensor-parallel case come from the rank's own shard: its
     parameters are the planner's per-rank split, to the byte, on every rank, and its
