@@ -33,10 +33,19 @@ import signal
 import sys
 import threading
 
-# Imported once by the fork server, so that a worker forked from it starts with them.
-PRELOAD = ("torch", "torch.distributed", "parcourse.training")
+# Imported once by the fork server, so that a worker forked from it starts with them;
+# packages add themselves (:func:`preload`), as :mod:`parcourse.training` does.
+PRELOAD = ["torch", "torch.distributed", "parcourse.launch"]
 _lock = threading.Lock()
 _context = None
+
+
+def preload(module: str) -> None:
+    """Have the fork server import ``module`` too, if it has not started yet (a package
+    calls this when it is imported, before any launch)."""
+    with _lock:
+        if module not in PRELOAD:
+            PRELOAD.append(module)
 
 
 def context():
@@ -45,11 +54,10 @@ def context():
     global _context
     with _lock:
         if _context is None:
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                _context = multiprocessing.get_context("forkserver")
-                _context.set_forkserver_preload(list(PRELOAD))
-            else:
-                _context = multiprocessing.get_context("spawn")
+            forkserver = "forkserver" in multiprocessing.get_all_start_methods()
+            _context = multiprocessing.get_context("forkserver" if forkserver else "spawn")
+        if _context.get_start_method() == "forkserver":  # read when the server starts
+            _context.set_forkserver_preload(list(PRELOAD))
         return _context
 
 

@@ -16,10 +16,13 @@ importing this package imports them all, in the order the command line lists the
   :mod:`.tensor`, :mod:`.context`, :mod:`.expert`.
 """
 
+from .. import launch_start
 from . import (single, ddp, zero, fsdp, torch_zero,  # noqa: F401  (each registers its own)
                horovod, horovod_elastic, pipeline, tensor, context, expert)
 from .config import DATASETS, DTYPES, OPTIMIZERS, TrainConfig, TrainResult
 from .registry import REGISTRY, Strategy, register, train, validate
+
+launch_start.preload(__name__)   # workers forked from the server start with the strategies
 
 __all__ = ["DATASETS", "DTYPES", "OPTIMIZERS", "REGISTRY", "Strategy", "TrainConfig",
            "TrainResult", "register", "train", "validate"]
