@@ -51,7 +51,6 @@ import sys
 import time
 import traceback
 from datetime import timedelta
-from multiprocessing import get_context
 from typing import Any, Callable, Sequence
 
 import torch
@@ -160,7 +159,7 @@ def _spawn(payload: bytes, world_size: int, backend: str, timeout: float) -> lis
     state = launch_start.snapshot()
     alive, alive_writer = context.Pipe(duplex=False)  # only this process writes: see watch()
     processes, receivers, finished = [], [], False
-    begun = time.monotonic()  # the timeout counts the workers' start (a first one starts the server)
+    begun = time.monotonic()  # the timeout counts the start (a first launch starts the server)
     try:
         for rank in range(world_size):
             receiver, sender = context.Pipe(duplex=False)
