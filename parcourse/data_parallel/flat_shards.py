@@ -11,7 +11,9 @@ as stepping the tensors — which is why a sharded run equals the single run.
 
 :class:`FlatGroup` converts between the tensors and the flat buffer; the collectives that
 move shards are :func:`parcourse.collectives.reduce_scatter_tensor` (sum, then keep one
-shard) and :func:`parcourse.collectives.all_gather_into_tensor` (the inverse).
+shard) and :func:`parcourse.collectives.all_gather_into_tensor` (the inverse); over one
+rank (``world_size`` 1, whatever the processes around it) they are copies, and nothing is
+sent.
 """
 
 from __future__ import annotations
@@ -79,11 +81,15 @@ class FlatGroup:
         """The whole padded buffer from every rank's shard (an all-gather)."""
         if out is None:
             out = torch.empty(self.padded, dtype=shard.dtype, device=shard.device)
+        if self.world_size == 1:          # one rank: its shard is the whole buffer
+            return out.copy_(shard)
         collectives.all_gather_into_tensor(out, shard.contiguous(), algorithm)
         return out
 
     def reduce_scatter(self, flat: torch.Tensor, algorithm: str) -> torch.Tensor:
-        """This rank's shard of the sum of every rank's padded buffer."""
+        """This rank's shard of the sum of every rank's padded buffer (one rank: a copy)."""
+        if self.world_size == 1:
+            return flat.clone()
         shard = torch.empty(self.shard_numel, dtype=flat.dtype, device=flat.device)
         collectives.reduce_scatter_tensor(shard, flat, algorithm)
         return shard

@@ -31,7 +31,9 @@ from torch import nn
 from .. import launch
 from ..model_parallel import tensor_gpt
 from ..models import build_model
+from ..training.config import TrainConfig
 from ..training.loop import make_optimizer
+from ..training.zero import STAGE, zero_engine
 from .memory import Config, element
 from .models import book_shape
 
@@ -80,6 +82,19 @@ def rank_part(model: str, rank: int, world_size: int, tensor: int = 1,
     return nn.parallel.DistributedDataParallel(net, process_group=alone[rank])
 
 
+def rank_stepper(net: nn.Module, strategy: str | None = None):
+    """What steps a rank's part: Adam, or for ``strategy`` ``"zero1"``, ``"zero2"`` or
+    ``"zero3"`` the book's ZeRO engine as the run builds it (:func:`parcourse.training.
+    zero.zero_engine`) over this rank alone — a world of one, whose reduce-scatters and
+    all-gathers are copies — so that the engine's own work is measured: its hooks flatten
+    each group's gradients, and under stage 3 it frees each block's parameters after its
+    forward and rebuilds them before its backward. Both have ``zero_grad()`` and
+    ``step()``; the engine also ``close()``."""
+    if strategy in STAGE:
+        return zero_engine(net, TrainConfig(strategy=strategy, optimizer="adam", lr=1e-3), 0, 1)
+    return make_optimizer("adam", net.parameters(), 1e-3)
+
+
 def _sample(model: str, samples: int):
     if model == "gpt":
         tokens = torch.randint(256, (samples, 33))
@@ -99,7 +114,7 @@ def rate_worker(rank: int, world_size: int, model: str, samples: int, config: Co
     sizes) on ``samples`` samples: the part's training FLOPs ÷ the median step (forward,
     backward, Adam); with ``traffic`` each step followed, untimed, by the case's bytes."""
     net = rank_part(model, rank, world_size, config.tensor, strategy)
-    optimizer = make_optimizer("adam", net.parameters(), 1e-3)
+    optimizer = rank_stepper(net, strategy)
     x, y = _sample(model, samples)
     grads, calls = step_traffic(model, config, samples) if traffic else (0, [])
     data_groups, tensor_groups = grid_groups(config)
@@ -122,6 +137,8 @@ def rate_worker(rank: int, world_size: int, model: str, samples: int, config: Co
             if flat.numel():
                 dist.all_reduce(flat, group=data_group)
             dist.all_reduce(loss)
+    if hasattr(optimizer, "close"):
+        optimizer.close()
     return rank_flops_per_sample(model, config.tensor) * samples / statistics.median(times)
 
 

@@ -26,3 +26,33 @@ def ddp_part(rank: int, world_size: int):
     same = all(torch.equal(a.grad, b.grad) for a, b in zip(part.module.parameters(),
                                                           plain.parameters()))
     return type(part).__name__, part.process_group.size(), same
+
+
+def zero_part(rank: int, world_size: int, strategy: str):
+    """This rank's part for a ZeRO stage after two steps on data of its own: the world the
+    engine shards over, and whether its parameters are those of the plain model trained
+    with Adam on the same data (nothing came from the other ranks)."""
+    import torch
+    import torch.nn.functional as F
+
+    from parcourse.models import build_model
+    from parcourse.planner.rate import rank_part, rank_stepper
+    from parcourse.training.loop import make_optimizer
+
+    torch.manual_seed(rank)
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(10, (4,))
+    part = rank_part("simple", rank, world_size, 1, strategy)
+    engine = rank_stepper(part, strategy)
+    plain = build_model("simple", seed=0)
+    adam = make_optimizer("adam", plain.parameters(), 1e-3)
+    for net, stepper in ((part, engine), (plain, adam)):
+        for _ in range(2):
+            stepper.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            stepper.step()
+    engine.close()
+    # the engine's parameters are its shards (under stage 3 the model's own are freed)
+    same = all(torch.equal(master.detach(), group.flatten(plain.get_parameter(n).detach()
+                                                          for n in group.names))
+               for group, master in zip(engine.groups, engine.masters))
+    return {g.world_size for g in engine.groups}, same
