@@ -106,7 +106,6 @@ def test_the_rate_of_ddp_is_measured_inside_ddp_over_a_group_of_one():
         [("DistributedDataParallel", 1, True)] * 2
 
 
-
 @pytest.mark.parametrize("strategy", ["zero1", "zero2", "zero3"])
 def test_the_rate_of_zero_is_measured_inside_the_engine_over_one_rank(strategy):
     """The ZeRO engine's own work on a rank (flattening each group's gradients; under
@@ -116,6 +115,7 @@ def test_the_rate_of_zero_is_measured_inside_the_engine_over_one_rank(strategy):
     the plain model trained with Adam on that data, bit for bit."""
     assert launch.run(w.zero_part, 2, args=(strategy,), backend="gloo", verbose=False) == \
         [({1}, True)] * 2
+
 
 def test_the_rate_is_measured_on_what_a_tensor_rank_holds():
     """The FLOP/s of a tensor-parallel case come from the rank's own shard: its
